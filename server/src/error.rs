@@ -1,0 +1,120 @@
+//! Every error a client can see, named after etcd's, with etcd's exact message.
+//!
+//! The mapping to gRPC status codes lives in one place: `api::status`.
+
+use crate::storage::StorageError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyTxnOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: unhealthy cluster")]
+    UnhealthyCluster,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: request canceled")]
+    Canceled,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    /// A failure inside this member (disk, bug) that etcd would report as a plain error.
+    #[error("{0}")]
+    Internal(String),
+    /// A request argument etcd rejects with its own message (InvalidArgument).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+impl From<StorageError> for EtcdError {
+    fn from(e: StorageError) -> Self {
+        EtcdError::Internal(e.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for EtcdError {
+    fn from(e: rocksdb::Error) -> Self {
+        EtcdError::Internal(format!("rocksdb: {e}"))
+    }
+}
+
+pub type EtcdResult<T> = Result<T, EtcdError>;
+
+impl EtcdError {
+    /// Every error with a fixed message, for turning a message back into its error.
+    const WITH_FIXED_MESSAGE: [EtcdError; 26] = [
+        EtcdError::Compacted,
+        EtcdError::FutureRevision,
+        EtcdError::NoLeader,
+        EtcdError::NotLeader,
+        EtcdError::LeaderChanged,
+        EtcdError::LeaseNotFound,
+        EtcdError::LeaseExists,
+        EtcdError::LeaseTtlTooLarge,
+        EtcdError::TooManyTxnOps,
+        EtcdError::DuplicateKey,
+        EtcdError::EmptyKey,
+        EtcdError::KeyNotFound,
+        EtcdError::ValueProvided,
+        EtcdError::LeaseProvided,
+        EtcdError::RequestTooLarge,
+        EtcdError::TooManyRequests,
+        EtcdError::NoSpace,
+        EtcdError::Timeout,
+        EtcdError::TimeoutDueToLeaderFail,
+        EtcdError::Stopped,
+        EtcdError::UnhealthyCluster,
+        EtcdError::Corrupt,
+        EtcdError::MemberNotFound,
+        EtcdError::Canceled,
+        EtcdError::NotSupportedForLearner,
+        EtcdError::NotLeader,
+    ];
+
+    /// The error whose message is `message` (errors travel through the raft log as text).
+    pub fn from_message(message: &str) -> Self {
+        Self::WITH_FIXED_MESSAGE
+            .iter()
+            .find(|e| e.to_string() == message)
+            .cloned()
+            .unwrap_or_else(|| EtcdError::InvalidArgument(message.to_string()))
+    }
+}

@@ -1,0 +1,285 @@
+//! The member: proposes writes through raft, serves reads (linearizable by default), and
+//! answers with etcd's response headers. The gRPC layer above it only validates and converts.
+
+pub mod applier;
+pub mod identity;
+
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::error::{EtcdError, EtcdResult};
+use crate::mvcc::write::WriteTxn;
+use crate::mvcc::{apply, MvccStore};
+use crate::proto::etcdserverpb::request_op::Request as TxnOp;
+use crate::proto::etcdserverpb::response_op::Response as TxnOpResponse;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    Member as PbMember, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+};
+use crate::proto::raftpb::raft_request::Request;
+use crate::proto::raftpb::raft_response::Response;
+use crate::proto::raftpb::RaftRequest;
+use crate::raft::{RaftNode, RaftStatus};
+use crate::version::ETCD_VERSION;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub quota_backend_bytes: i64,
+}
+
+pub struct Member {
+    cluster_id: u64,
+    raft: Arc<RaftNode>,
+    store: Arc<MvccStore>,
+    limits: Limits,
+}
+
+impl Member {
+    pub fn new(
+        cluster_id: u64,
+        raft: Arc<RaftNode>,
+        store: Arc<MvccStore>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            cluster_id,
+            raft,
+            store,
+            limits,
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raft.member_id()
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
+    pub fn raft_status(&self) -> RaftStatus {
+        self.raft.status()
+    }
+
+    /// The header every response carries; `revision` is the store revision it reports.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id(),
+            revision,
+            raft_term: self.raft.status().term,
+        }
+    }
+
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header
+            .as_ref()
+            .map_or(self.store.current_revision(), |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    fn fill_txn(&self, resp: &mut TxnResponse) {
+        self.fill(&mut resp.header);
+        for op in &mut resp.responses {
+            match &mut op.response {
+                Some(TxnOpResponse::ResponseRange(r)) => self.fill(&mut r.header),
+                Some(TxnOpResponse::ResponsePut(r)) => self.fill(&mut r.header),
+                Some(TxnOpResponse::ResponseDeleteRange(r)) => self.fill(&mut r.header),
+                Some(TxnOpResponse::ResponseTxn(r)) => self.fill_txn(r),
+                None => {}
+            }
+        }
+    }
+
+    async fn propose(&self, request: Request) -> EtcdResult<Response> {
+        let request = RaftRequest {
+            id: 0,
+            request: Some(request),
+        };
+        if request.encoded_len() > self.limits.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        self.raft
+            .propose(&request)
+            .await?
+            .response
+            .ok_or_else(|| EtcdError::Internal("applied request returned nothing".into()))
+    }
+
+    async fn read_locally<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&MvccStore) -> EtcdResult<T> + Send + 'static,
+    ) -> EtcdResult<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| EtcdError::Internal(format!("read task failed: {e}")))?
+    }
+
+    pub async fn range(&self, req: RangeRequest) -> EtcdResult<RangeResponse> {
+        if !req.serializable {
+            self.raft.read_index().await?;
+        }
+        let mut resp = self.read_locally(move |store| store.range(&req)).await?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn put(&self, req: PutRequest) -> EtcdResult<PutResponse> {
+        match self.propose(Request::Put(req)).await? {
+            Response::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> EtcdResult<DeleteRangeResponse> {
+        match self.propose(Request::DeleteRange(req)).await? {
+            Response::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn txn(&self, req: TxnRequest) -> EtcdResult<TxnResponse> {
+        let mut resp = if txn_is_read_only(&req) {
+            if !txn_is_serializable(&req) {
+                self.raft.read_index().await?;
+            }
+            self.read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
+                .await?
+        } else {
+            match self.propose(Request::Txn(req)).await? {
+                Response::Txn(resp) => resp,
+                other => return Err(unexpected(other)),
+            }
+        };
+        self.fill_txn(&mut resp);
+        Ok(resp)
+    }
+
+    pub async fn compact(&self, req: CompactionRequest) -> EtcdResult<CompactionResponse> {
+        let physical = req.physical;
+        let revision = req.revision;
+        match self.propose(Request::Compaction(req)).await? {
+            Response::Compaction(mut resp) => {
+                if physical {
+                    self.store.compactor().wait_for(revision).await;
+                }
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn status(&self) -> EtcdResult<StatusResponse> {
+        let raft = self.raft.status();
+        let (db_size, db_size_in_use) = self
+            .read_locally(|store| {
+                let storage = store.storage();
+                Ok((storage.size_on_disk() as i64, storage.size_in_use() as i64))
+            })
+            .await?;
+        Ok(StatusResponse {
+            header: Some(self.header(self.store.current_revision())),
+            version: ETCD_VERSION.to_string(),
+            db_size,
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.commit_index,
+            raft_term: raft.term,
+            raft_applied_index: raft.applied_index,
+            errors: Vec::new(),
+            db_size_in_use,
+            is_learner: self
+                .raft
+                .members()
+                .iter()
+                .any(|m| m.id == self.id() && m.is_learner),
+            storage_version: ETCD_STORAGE_VERSION.to_string(),
+            db_size_quota: self.limits.quota_backend_bytes,
+            downgrade_info: None,
+        })
+    }
+
+    pub fn member_list(&self) -> MemberListResponse {
+        let members = self
+            .raft
+            .members()
+            .into_iter()
+            .map(|m| PbMember {
+                id: m.id,
+                name: m.node.name,
+                peer_ur_ls: m.node.peer_urls,
+                client_ur_ls: m.node.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect();
+        MemberListResponse {
+            header: Some(self.header(self.store.current_revision())),
+            members,
+        }
+    }
+}
+
+/// The storage format version reported by Status (etcd 3.6 reports its own schema version).
+const ETCD_STORAGE_VERSION: &str = "3.6.0";
+
+fn unexpected(response: Response) -> EtcdError {
+    EtcdError::Internal(format!("unexpected applied response: {response:?}"))
+}
+
+/// A txn that cannot write, whichever branch it takes, needs no consensus.
+pub fn txn_is_read_only(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(TxnOp::RequestRange(_)) | None => true,
+            Some(TxnOp::RequestTxn(inner)) => txn_is_read_only(inner),
+            Some(TxnOp::RequestPut(_)) | Some(TxnOp::RequestDeleteRange(_)) => false,
+        })
+}
+
+fn txn_is_serializable(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| match &op.request {
+            Some(TxnOp::RequestRange(r)) => r.serializable,
+            Some(TxnOp::RequestTxn(inner)) => txn_is_serializable(inner),
+            _ => true,
+        })
+}
+
+impl Member {
+    /// Rewrites the store's files without superseded data. Unlike etcd's, this does not stop
+    /// the member: RocksDB compacts in the background while reads and writes go on.
+    pub async fn defragment(&self) -> EtcdResult<()> {
+        self.read_locally(|store| {
+            store.storage().compact_all();
+            Ok(())
+        })
+        .await
+    }
+}

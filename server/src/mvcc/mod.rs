@@ -1,0 +1,249 @@
+//! The MVCC key-value store on RocksDB: revisions, versions, ranges at any retained revision,
+//! writes that become one RocksDB batch per applied raft entry, and compaction.
+//!
+//! Nothing here keeps a per-key index in memory: a range at any revision is answered from the
+//! version encoding on disk (see `keys`), so memory and restart time do not grow with the data.
+
+pub mod apply;
+pub mod compact;
+pub mod keys;
+pub mod read;
+pub mod record;
+pub mod write;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rocksdb::WriteBatch;
+use tokio::sync::watch;
+
+use crate::error::{EtcdError, EtcdResult};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
+use crate::proto::mvccpb::{Event, KeyValue};
+use crate::storage::{Storage, StorageError, CF_LEASE, CF_META};
+use read::{execute_range, kv_iterator, scan_visible, KeyRange, KvSource, Visible};
+
+pub use compact::Compactor;
+pub use keys::Revision;
+
+const META_CURRENT_REVISION: &[u8] = b"mvcc/current_revision";
+const META_COMPACT_SCHEDULED: &[u8] = b"mvcc/compact_scheduled";
+const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
+
+/// A fresh store is at revision 1, as etcd's is.
+const INITIAL_REVISION: i64 = 1;
+/// No compaction has happened yet (etcd reports -1 too).
+const NO_COMPACTION: i64 = -1;
+
+/// Receives the events of every committed revision, in revision order.
+pub trait EventSink: Send + Sync + 'static {
+    fn publish(&self, revision: i64, events: Arc<Vec<Event>>);
+}
+
+pub struct MvccStore {
+    storage: Arc<Storage>,
+    current: AtomicI64,
+    compact_scheduled: AtomicI64,
+    revision_tx: watch::Sender<i64>,
+    compactor: Compactor,
+    sink: Mutex<Option<Arc<dyn EventSink>>>,
+}
+
+impl MvccStore {
+    pub fn open(storage: Arc<Storage>) -> EtcdResult<Arc<Self>> {
+        let current = read_meta_i64(&storage, META_CURRENT_REVISION)?.unwrap_or(INITIAL_REVISION);
+        let scheduled = read_meta_i64(&storage, META_COMPACT_SCHEDULED)?.unwrap_or(NO_COMPACTION);
+        let finished = read_meta_i64(&storage, META_COMPACT_FINISHED)?.unwrap_or(NO_COMPACTION);
+        let (revision_tx, _) = watch::channel(current);
+        let compactor = Compactor::start(storage.clone(), finished)
+            .map_err(|e| EtcdError::Internal(format!("cannot start the compactor: {e}")))?;
+        let store = Arc::new(Self {
+            storage,
+            current: AtomicI64::new(current),
+            compact_scheduled: AtomicI64::new(scheduled),
+            revision_tx,
+            compactor,
+            sink: Mutex::new(None),
+        });
+        if scheduled > finished {
+            // A compaction was interrupted by a restart: finish it.
+            store.compactor.schedule(scheduled);
+        }
+        Ok(store)
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    /// The revision of the last committed change.
+    pub fn current_revision(&self) -> i64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Reads below this revision fail with `Compacted`.
+    pub fn compacted_revision(&self) -> i64 {
+        self.compact_scheduled.load(Ordering::Acquire)
+    }
+
+    pub fn compactor(&self) -> &Compactor {
+        &self.compactor
+    }
+
+    /// Watches the current revision as it advances.
+    pub fn subscribe_revision(&self) -> watch::Receiver<i64> {
+        self.revision_tx.subscribe()
+    }
+
+    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
+        if let Ok(mut slot) = self.sink.lock() {
+            *slot = Some(sink);
+        }
+    }
+
+    /// etcd's Range at the store's current state (or the revision the request names).
+    pub fn range(&self, req: &RangeRequest) -> EtcdResult<RangeResponse> {
+        let mut reader = StoreReader {
+            store: self,
+            current: self.current_revision(),
+        };
+        execute_range(&mut reader, req)
+    }
+
+    /// The newest live version of `key` at `at`.
+    pub fn get(&self, key: &Bytes, at: i64) -> EtcdResult<Option<KeyValue>> {
+        read::latest_version(&self.storage, key, at)
+    }
+
+    pub fn lease_exists(&self, lease: i64) -> EtcdResult<bool> {
+        let key = (lease as u64).to_be_bytes();
+        Ok(self
+            .storage
+            .db()
+            .get_pinned_cf(self.storage.cf(CF_LEASE), key)?
+            .is_some())
+    }
+
+    /// Writes an applied entry's batch and publishes its revision, events and compaction.
+    pub fn commit(&self, finished: write::FinishedTxn) -> EtcdResult<()> {
+        let write::FinishedTxn {
+            mut batch,
+            change,
+            compaction,
+        } = finished;
+        if let Some(change) = &change {
+            batch.put_cf(
+                self.storage.cf(CF_META),
+                META_CURRENT_REVISION,
+                change.revision.to_be_bytes(),
+            );
+        }
+        self.storage.write(batch)?;
+        if let Some(change) = change {
+            self.current.store(change.revision, Ordering::Release);
+            let sink = self.sink.lock().ok().and_then(|s| s.clone());
+            if let Some(sink) = sink {
+                sink.publish(change.revision, Arc::new(change.events));
+            }
+            self.revision_tx.send_replace(change.revision);
+        }
+        if let Some(revision) = compaction {
+            self.start_compaction(revision);
+        }
+        Ok(())
+    }
+
+    /// Records a scheduled compaction in `batch`; physical removal starts after `commit`.
+    fn schedule_compaction(&self, batch: &mut WriteBatch, revision: i64) -> EtcdResult<()> {
+        if revision <= self.compacted_revision() {
+            return Err(EtcdError::Compacted);
+        }
+        if revision > self.current_revision() {
+            return Err(EtcdError::FutureRevision);
+        }
+        batch.put_cf(
+            self.storage.cf(CF_META),
+            META_COMPACT_SCHEDULED,
+            revision.to_be_bytes(),
+        );
+        Ok(())
+    }
+
+    /// Makes a compaction recorded by `schedule_compaction` visible and starts removing versions.
+    fn start_compaction(&self, revision: i64) {
+        self.compact_scheduled.store(revision, Ordering::Release);
+        self.compactor.schedule(revision);
+    }
+
+    /// Reloads in-memory state after the data underneath was replaced (snapshot install).
+    pub fn reload(&self) -> EtcdResult<()> {
+        let current =
+            read_meta_i64(&self.storage, META_CURRENT_REVISION)?.unwrap_or(INITIAL_REVISION);
+        let scheduled =
+            read_meta_i64(&self.storage, META_COMPACT_SCHEDULED)?.unwrap_or(NO_COMPACTION);
+        let finished =
+            read_meta_i64(&self.storage, META_COMPACT_FINISHED)?.unwrap_or(NO_COMPACTION);
+        self.current.store(current, Ordering::Release);
+        self.compact_scheduled.store(scheduled, Ordering::Release);
+        self.compactor.reset(finished);
+        if scheduled > finished {
+            self.compactor.schedule(scheduled);
+        }
+        self.revision_tx.send_replace(current);
+        Ok(())
+    }
+}
+
+/// What one applied entry changed: the new revision and the events it produced.
+pub struct CommittedChange {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// Reads the committed store: the kv source of plain (non-txn) requests.
+struct StoreReader<'a> {
+    store: &'a MvccStore,
+    current: i64,
+}
+
+impl KvSource for StoreReader<'_> {
+    fn current_revision(&self) -> i64 {
+        self.current
+    }
+
+    fn visit(
+        &mut self,
+        range: &KeyRange,
+        at: i64,
+        visitor: &mut dyn FnMut(Visible<'_>) -> EtcdResult<bool>,
+    ) -> EtcdResult<()> {
+        visit_committed(self.store, range, at, visitor)
+    }
+}
+
+/// Visits committed versions. The iterator pins a consistent view before the compaction check,
+/// so a compaction that starts afterwards cannot remove what this read is entitled to see.
+fn visit_committed(
+    store: &MvccStore,
+    range: &KeyRange,
+    at: i64,
+    visitor: &mut dyn FnMut(Visible<'_>) -> EtcdResult<bool>,
+) -> EtcdResult<()> {
+    let mut iter = kv_iterator(&store.storage, range);
+    if at < store.compacted_revision() {
+        return Err(EtcdError::Compacted);
+    }
+    scan_visible(&mut iter, range, at, visitor)
+}
+
+fn read_meta_i64(storage: &Storage, key: &[u8]) -> Result<Option<i64>, StorageError> {
+    let Some(raw) = storage.db().get_pinned_cf(storage.cf(CF_META), key)? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = raw
+        .as_ref()
+        .try_into()
+        .map_err(|_| StorageError::Corrupt(format!("meta key {key:?} is not an i64")))?;
+    Ok(Some(i64::from_be_bytes(bytes)))
+}

@@ -1,0 +1,252 @@
+//! The raft log and vote in RocksDB, with group commit.
+//!
+//! `append` writes its entries without syncing, so they are readable at once, and hands the
+//! flush callback to the WAL syncer: the callback fires only after an fsync that covers the
+//! entries, and one fsync serves every append that arrived while the previous one ran.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use super::types::{Entry, LogId, Membership, Proposal, TypeConfig, Vote};
+use crate::storage::{Storage, StorageError, WalSyncer, CF_LOG, CF_RAFT};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+const KIND_BLANK: u8 = 0;
+const KIND_NORMAL: u8 = 1;
+const KIND_MEMBERSHIP: u8 = 2;
+
+#[derive(Clone)]
+pub struct LogStore {
+    storage: Arc<Storage>,
+    syncer: WalSyncer,
+}
+
+impl LogStore {
+    pub fn new(storage: Arc<Storage>, syncer: WalSyncer) -> Self {
+        Self { storage, syncer }
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let raw = self
+            .storage
+            .db()
+            .get_pinned_cf(self.storage.cf(CF_RAFT), key)
+            .map_err(StorageError::from)?;
+        raw.map(|bytes| serde_json::from_slice(&bytes).map_err(io::Error::other))
+            .transpose()
+    }
+
+    fn last_entry_id(&self) -> io::Result<Option<LogId>> {
+        let mut iter = self
+            .storage
+            .db()
+            .iterator_cf(self.storage.cf(CF_LOG), IteratorMode::End);
+        match iter.next() {
+            Some(item) => {
+                let (key, value) = item.map_err(StorageError::from)?;
+                Ok(Some(decode_entry(&key, &value)?.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("corrupt raft log: {what}"),
+    )
+}
+
+pub fn encode_entry(entry: &Entry) -> io::Result<Vec<u8>> {
+    let term = entry.log_id.leader_id.term;
+    let mut out = Vec::with_capacity(16);
+    match &entry.payload {
+        EntryPayload::Blank => {
+            out.push(KIND_BLANK);
+            out.extend_from_slice(&term.to_be_bytes());
+        }
+        EntryPayload::Normal(proposal) => {
+            out.reserve(proposal.0.len());
+            out.push(KIND_NORMAL);
+            out.extend_from_slice(&term.to_be_bytes());
+            out.extend_from_slice(&proposal.0);
+        }
+        EntryPayload::Membership(membership) => {
+            out.push(KIND_MEMBERSHIP);
+            out.extend_from_slice(&term.to_be_bytes());
+            serde_json::to_writer(&mut out, membership).map_err(io::Error::other)?;
+        }
+    }
+    Ok(out)
+}
+
+pub fn decode_entry(key: &[u8], value: &[u8]) -> io::Result<Entry> {
+    let index = u64::from_be_bytes(key.try_into().map_err(|_| corrupt("index key"))?);
+    if value.len() < 9 {
+        return Err(corrupt("short entry"));
+    }
+    let term = u64::from_be_bytes(value[1..9].try_into().map_err(|_| corrupt("term"))?);
+    let body = &value[9..];
+    let payload = match value[0] {
+        KIND_BLANK => EntryPayload::Blank,
+        KIND_NORMAL => EntryPayload::Normal(Proposal(bytes::Bytes::copy_from_slice(body))),
+        KIND_MEMBERSHIP => {
+            let membership: Membership =
+                serde_json::from_slice(body).map_err(|_| corrupt("membership"))?;
+            EntryPayload::Membership(membership)
+        }
+        _ => return Err(corrupt("entry kind")),
+    };
+    Ok(Entry::new(LogId::new_term_index(term, index), payload))
+}
+
+fn start_index(range: &impl RangeBounds<u64>) -> u64 {
+    match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
+}
+
+fn end_is_past(range: &impl RangeBounds<u64>, index: u64) -> bool {
+    match range.end_bound() {
+        Bound::Included(end) => index > *end,
+        Bound::Excluded(end) => index >= *end,
+        Bound::Unbounded => false,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = index_key(start_index(&range));
+        let iter = self.storage.db().iterator_cf(
+            self.storage.cf(CF_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(StorageError::from)?;
+            let entry = decode_entry(&key, &value)?;
+            if end_is_past(&range, entry.log_id.index) {
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.read_json(KEY_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.read_json(KEY_LAST_PURGED)?;
+        let last_log_id = self.last_entry_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        let encoded = serde_json::to_vec(vote).map_err(io::Error::other)?;
+        batch.put_cf(self.storage.cf(CF_RAFT), KEY_VOTE, encoded);
+        let storage = self.storage.clone();
+        run_blocking(move || storage.write_durable(batch)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        let encoded = serde_json::to_vec(&committed).map_err(io::Error::other)?;
+        batch.put_cf(self.storage.cf(CF_RAFT), KEY_COMMITTED, encoded);
+        Ok(self.storage.write(batch)?)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.read_json::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.storage.cf(CF_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), encode_entry(&entry)?);
+        }
+        let storage = self.storage.clone();
+        run_blocking(move || storage.write(batch)).await?;
+        self.syncer
+            .after_sync(move |outcome| callback.io_completed(outcome));
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            self.storage.cf(CF_LOG),
+            index_key(first_removed),
+            index_key(u64::MAX),
+        );
+        batch.delete_cf(self.storage.cf(CF_LOG), index_key(u64::MAX));
+        let storage = self.storage.clone();
+        run_blocking(move || storage.write_durable(batch)).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        let encoded = serde_json::to_vec(&log_id).map_err(io::Error::other)?;
+        batch.put_cf(self.storage.cf(CF_RAFT), KEY_LAST_PURGED, encoded);
+        batch.delete_range_cf(
+            self.storage.cf(CF_LOG),
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
+        let storage = self.storage.clone();
+        run_blocking(move || storage.write(batch)).await
+    }
+}
+
+/// Runs a RocksDB write off the async runtime.
+async fn run_blocking(
+    write: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+) -> io::Result<()> {
+    tokio::task::spawn_blocking(write)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+        .map_err(io::Error::from)
+}

@@ -1,0 +1,257 @@
+//! openraft's state machine: the applier over the MVCC store, plus snapshots.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::{FutureExt, Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
+use rocksdb::WriteBatch;
+
+use super::snapshot::{copy_state_machine, SnapshotData, SnapshotStore};
+use super::types::{Applied, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
+use super::RaftSnapshot;
+use crate::member::applier::Applier;
+use crate::storage::{Storage, StorageError, CF_META, CF_RAFT};
+
+const META_APPLIED: &[u8] = b"raft/applied";
+const META_MEMBERSHIP: &[u8] = b"raft/membership";
+/// Set while a snapshot is being copied in; a restart finishes the copy.
+const KEY_INSTALLING: &[u8] = b"installing_snapshot";
+/// Entries applied per blocking task: enough to amortise the hand-off, small enough to stream.
+const APPLY_CHUNK: usize = 512;
+
+#[derive(Debug, Clone, Default)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    applier: Arc<Applier>,
+    snapshots: Arc<SnapshotStore>,
+    applied: Arc<Mutex<AppliedState>>,
+}
+
+impl StateMachine {
+    pub fn open(applier: Arc<Applier>, snapshots: SnapshotStore) -> io::Result<Self> {
+        let storage = applier.store().storage().clone();
+        let snapshots = Arc::new(snapshots);
+        if storage
+            .db()
+            .get_pinned_cf(storage.cf(CF_RAFT), KEY_INSTALLING)
+            .map_err(StorageError::from)?
+            .is_some()
+        {
+            if let Some((_, data)) = snapshots.current()? {
+                finish_install(&storage, &data)?;
+                applier.store().reload().map_err(io::Error::other)?;
+            }
+        }
+        let applied = read_applied_state(&storage)?;
+        Ok(Self {
+            applier,
+            snapshots,
+            applied: Arc::new(Mutex::new(applied)),
+        })
+    }
+
+    fn storage(&self) -> &Arc<Storage> {
+        self.applier.store().storage()
+    }
+
+    fn applied_state_now(&self) -> AppliedState {
+        self.applied.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Applies entries in order on the calling (blocking) thread.
+    fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        for (entry, responder) in entries {
+            let applied = self.apply_entry(&entry)?;
+            if let Some(responder) = responder {
+                responder.send(applied);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&self, entry: &Entry) -> io::Result<Applied> {
+        let log_id = entry.log_id;
+        let membership = match &entry.payload {
+            EntryPayload::Membership(m) => Some(StoredMembership::new(Some(log_id), m.clone())),
+            _ => None,
+        };
+        let applied_json = serde_json::to_vec(&Some(log_id)).map_err(io::Error::other)?;
+        let membership_json = membership
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(io::Error::other)?;
+        let meta_cf = self.storage().cf(CF_META);
+        let record = |batch: &mut WriteBatch| {
+            batch.put_cf(meta_cf, META_APPLIED, &applied_json);
+            if let Some(m) = &membership_json {
+                batch.put_cf(meta_cf, META_MEMBERSHIP, m);
+            }
+        };
+        let request = match &entry.payload {
+            EntryPayload::Normal(proposal) => Some(proposal.decode().map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("undecodable proposal: {e}"),
+                )
+            })?),
+            _ => None,
+        };
+        let response = self.applier.apply(request.as_ref(), &record)?;
+        if let Ok(mut current) = self.applied.lock() {
+            current.last_applied = Some(log_id);
+            if let Some(m) = membership {
+                current.membership = m;
+            }
+        }
+        Ok(Applied(response))
+    }
+}
+
+fn read_applied_state(storage: &Storage) -> io::Result<AppliedState> {
+    let read = |key: &[u8]| -> io::Result<Option<Vec<u8>>> {
+        Ok(storage
+            .db()
+            .get_cf(storage.cf(CF_META), key)
+            .map_err(StorageError::from)?)
+    };
+    let last_applied = match read(META_APPLIED)? {
+        Some(raw) => serde_json::from_slice(&raw).map_err(io::Error::other)?,
+        None => None,
+    };
+    let membership = match read(META_MEMBERSHIP)? {
+        Some(raw) => serde_json::from_slice(&raw).map_err(io::Error::other)?,
+        None => StoredMembership::default(),
+    };
+    Ok(AppliedState {
+        last_applied,
+        membership,
+    })
+}
+
+/// Copies a snapshot's state machine into the live database, crash-safely.
+fn finish_install(storage: &Storage, data: &SnapshotData) -> io::Result<()> {
+    copy_state_machine(storage, data)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(storage.cf(CF_RAFT), KEY_INSTALLING);
+    storage.write_durable(batch)?;
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("state machine task failed: {e}")))?
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = BuiltSnapshot;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.applied_state_now();
+        Ok((state.last_applied, state.membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(first) = entries.next().await {
+            let mut chunk = vec![first?];
+            while chunk.len() < APPLY_CHUNK {
+                match entries.next().now_or_never() {
+                    Some(Some(item)) => chunk.push(item?),
+                    _ => break,
+                }
+            }
+            let sm = self.clone();
+            blocking(move || sm.apply_entries(chunk)).await?;
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        // The checkpoint is taken here, while no entry is being applied, so that it matches
+        // the applied state exactly; `build_snapshot` only hands it over.
+        let sm = self.clone();
+        let built = blocking(move || {
+            let state = sm.applied_state_now();
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership,
+            };
+            let data = sm.snapshots.create(sm.storage(), &meta)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: data,
+            })
+        })
+        .await;
+        Some(BuiltSnapshot { built: Some(built) })
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        match self.try_create_snapshot_builder(true).await {
+            Some(builder) => builder,
+            None => BuiltSnapshot { built: None },
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let sm = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            let saved = sm.snapshots.adopt(&meta, &snapshot)?;
+            let storage = sm.storage();
+            let mut batch = WriteBatch::default();
+            batch.put_cf(storage.cf(CF_RAFT), KEY_INSTALLING, b"1");
+            storage.write_durable(batch)?;
+            finish_install(storage, &saved)?;
+            sm.applier.store().reload().map_err(io::Error::other)?;
+            let state = read_applied_state(storage)?;
+            if let Ok(mut current) = sm.applied.lock() {
+                *current = AppliedState {
+                    last_applied: meta.last_log_id.or(state.last_applied),
+                    membership: meta.last_membership.clone(),
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<RaftSnapshot>, io::Error> {
+        let snapshots = self.snapshots.clone();
+        let current = blocking(move || snapshots.current()).await?;
+        Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+/// A snapshot already checkpointed by `try_create_snapshot_builder`.
+pub struct BuiltSnapshot {
+    built: Option<io::Result<RaftSnapshot>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for BuiltSnapshot {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<RaftSnapshot, io::Error> {
+        self.built
+            .take()
+            .unwrap_or_else(|| Err(io::Error::other("snapshot already built")))
+    }
+}

@@ -1,0 +1,42 @@
+//! openraft's own storage conformance suite, run on keelson's log store and state machine.
+
+use std::sync::Arc;
+
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::StorageError;
+use tempfile::TempDir;
+
+use super::log_store::LogStore;
+use super::snapshot::SnapshotStore;
+use super::state_machine::StateMachine;
+use super::types::TypeConfig;
+use crate::member::applier::Applier;
+use crate::mvcc::MvccStore;
+use crate::storage::{Storage, WalSyncer};
+
+struct FreshStores;
+
+fn storage_error(e: impl std::fmt::Display) -> StorageError<TypeConfig> {
+    StorageError::read(TypeConfig::err_from_string(e))
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = tempfile::tempdir().map_err(storage_error)?;
+        let storage = Storage::open(&dir.path().join("db")).map_err(storage_error)?;
+        let syncer = WalSyncer::start(storage.clone()).map_err(storage_error)?;
+        let store = MvccStore::open(storage.clone()).map_err(storage_error)?;
+        let applier = Arc::new(Applier::new(store));
+        let snapshots = SnapshotStore::new(dir.path().join("snap")).map_err(storage_error)?;
+        let state_machine = StateMachine::open(applier, snapshots).map_err(storage_error)?;
+        Ok((dir, LogStore::new(storage, syncer), state_machine))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_storage_suite_passes() {
+    Suite::test_all(FreshStores)
+        .await
+        .expect("keelson's raft storage must pass openraft's conformance suite");
+}
