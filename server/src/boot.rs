@@ -126,7 +126,9 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         Storage::open(&member_dir.join("db")).map_err(|e| BootError::Store(e.to_string()))?;
     let ident = load_or_create_identity(&storage, &config)?;
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
-    let applier = Arc::new(Applier::new(store.clone()));
+    let applier =
+        Arc::new(Applier::new(store.clone()).map_err(|e| BootError::Store(e.to_string()))?);
+    let alarms = applier.alarms().clone();
     let settings = RaftSettings {
         member_id: ident.member_id,
         member: MemberNode {
@@ -151,6 +153,7 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         ident.cluster_id,
         raft.clone(),
         store,
+        alarms,
         Limits {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,

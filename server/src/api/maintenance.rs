@@ -27,12 +27,13 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(self.member.status().await?))
     }
 
-    async fn alarm(&self, _: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm is ever raised yet: every GET answers an empty list, as a healthy etcd does.
-        Ok(Response::new(AlarmResponse {
-            header: Some(self.member.header(self.member.store().current_revision())),
-            alarms: Vec::new(),
-        }))
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        Ok(Response::new(
+            self.member.alarm(request.into_inner()).await?,
+        ))
     }
 
     async fn defragment(

@@ -7,9 +7,13 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
+use super::alarms::Alarms;
+use super::quota;
 use crate::error::EtcdError;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
@@ -17,11 +21,25 @@ use crate::storage::StorageError;
 
 pub struct Applier {
     store: Arc<MvccStore>,
+    alarms: Arc<Alarms>,
 }
 
 impl Applier {
-    pub fn new(store: Arc<MvccStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<MvccStore>) -> Result<Self, StorageError> {
+        let alarms = Arc::new(Alarms::load(store.storage())?);
+        Ok(Self { store, alarms })
+    }
+
+    pub fn alarms(&self) -> &Arc<Alarms> {
+        &self.alarms
+    }
+
+    /// Reloads in-memory state after the data underneath was replaced by a snapshot.
+    pub fn reload(&self) -> Result<(), StorageError> {
+        self.store
+            .reload()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        self.alarms.reload(self.store.storage())
     }
 
     pub fn store(&self) -> &Arc<MvccStore> {
@@ -37,7 +55,7 @@ impl Applier {
     ) -> Result<RaftResponse, StorageError> {
         let mut txn = WriteTxn::new(&self.store);
         let outcome = match request.and_then(|r| r.request.as_ref()) {
-            Some(request) => execute(&mut txn, request),
+            Some(request) => self.execute(&mut txn, request),
             None => Ok(None),
         };
         let (mut txn, response) = match outcome {
@@ -65,17 +83,54 @@ impl Applier {
     }
 }
 
-fn execute(txn: &mut WriteTxn<'_>, request: &Request) -> Result<Option<Response>, EtcdError> {
-    let response = match request {
-        Request::Put(r) => Response::Put(apply::put(txn, r)?),
-        Request::DeleteRange(r) => Response::DeleteRange(apply::delete_range(txn, r)?),
-        Request::Txn(r) => Response::Txn(apply::txn(txn, r)?),
-        Request::Compaction(r) => Response::Compaction(apply::compaction(txn, r)?),
-        Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::LeaseCheckpoint(_) => {
-            return Err(EtcdError::InvalidArgument(
-                "keelson: lease requests are not supported yet".into(),
-            ))
+impl Applier {
+    fn execute(
+        &self,
+        txn: &mut WriteTxn<'_>,
+        request: &Request,
+    ) -> Result<Option<Response>, EtcdError> {
+        let capped = self.alarms.is_active(AlarmType::Nospace);
+        let response = match request {
+            Request::Put(_) if capped => return Err(EtcdError::NoSpace),
+            Request::Txn(r) if capped && quota::txn_cost(r) > 0 => return Err(EtcdError::NoSpace),
+            Request::Put(r) => Response::Put(apply::put(txn, r)?),
+            Request::DeleteRange(r) => Response::DeleteRange(apply::delete_range(txn, r)?),
+            Request::Txn(r) => Response::Txn(apply::txn(txn, r)?),
+            Request::Compaction(r) => Response::Compaction(apply::compaction(txn, r)?),
+            Request::Alarm(r) => Response::Alarm(self.alarm(txn, r)),
+            Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::LeaseCheckpoint(_) => {
+                return Err(EtcdError::InvalidArgument(
+                    "keelson: lease requests are not supported yet".into(),
+                ))
+            }
+        };
+        Ok(Some(response))
+    }
+
+    fn alarm(&self, txn: &mut WriteTxn<'_>, req: &AlarmRequest) -> AlarmResponse {
+        let storage = self.store.storage().clone();
+        let alarms = match req.action() {
+            AlarmAction::Get => self.alarms.list(req.alarm()),
+            AlarmAction::Activate => self
+                .alarms
+                .activate(txn.batch_mut(), &storage, req.member_id, req.alarm)
+                .into_iter()
+                .collect(),
+            AlarmAction::Deactivate => self
+                .alarms
+                .deactivate(txn.batch_mut(), &storage, req.member_id, req.alarm)
+                .into_iter()
+                .collect(),
+        };
+        if let Some(raised) = alarms
+            .first()
+            .filter(|_| req.action() == AlarmAction::Activate)
+        {
+            tracing::warn!(member = %format!("{:x}", raised.member_id), alarm = raised.alarm, "alarm raised");
         }
-    };
-    Ok(Some(response))
+        AlarmResponse {
+            header: Some(Default::default()),
+            alarms,
+        }
+    }
 }

@@ -1,22 +1,26 @@
 //! The member: proposes writes through raft, serves reads (linearizable by default), and
 //! answers with etcd's response headers. The gRPC layer above it only validates and converts.
 
+pub mod alarms;
 pub mod applier;
 pub mod identity;
+pub mod quota;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use prost::Message;
+use std::time::Duration;
 
 use crate::error::{EtcdError, EtcdResult};
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::request_op::Request as TxnOp;
 use crate::proto::etcdserverpb::response_op::Response as TxnOpResponse;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    Member as PbMember, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, Member as PbMember, MemberListResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
@@ -35,7 +39,21 @@ pub struct Member {
     cluster_id: u64,
     raft: Arc<RaftNode>,
     store: Arc<MvccStore>,
+    alarms: Arc<alarms::Alarms>,
     limits: Limits,
+    /// Bytes the database takes on disk, refreshed in the background for the quota check.
+    db_size: Arc<AtomicU64>,
+}
+
+/// How often the database size used by the quota check is refreshed.
+const DB_SIZE_REFRESH: Duration = Duration::from_secs(1);
+
+/// Bytes etcd's raft envelope adds around a request (request header with its 64-bit ID, the
+/// request's field tag); the size limit applies to the whole envelope, so we count them too.
+fn envelope_len(member_id: u64, body_len: usize) -> usize {
+    let id = ((member_id & 0xffff) << 48) | (1 << 40);
+    let header = 2 + 1 + 1 + prost::encoding::encoded_len_varint(id);
+    header + 1 + prost::encoding::encoded_len_varint(body_len as u64) + body_len
 }
 
 impl Member {
@@ -43,13 +61,33 @@ impl Member {
         cluster_id: u64,
         raft: Arc<RaftNode>,
         store: Arc<MvccStore>,
+        alarms: Arc<alarms::Alarms>,
         limits: Limits,
     ) -> Self {
+        let db_size = Arc::new(AtomicU64::new(store.storage().size_on_disk()));
+        let refreshed = Arc::downgrade(&db_size);
+        let storage = store.storage().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DB_SIZE_REFRESH);
+            loop {
+                tick.tick().await;
+                let Some(size) = refreshed.upgrade() else {
+                    return;
+                };
+                let storage = storage.clone();
+                if let Ok(bytes) = tokio::task::spawn_blocking(move || storage.size_on_disk()).await
+                {
+                    size.store(bytes, Ordering::Relaxed);
+                }
+            }
+        });
         Self {
             cluster_id,
             raft,
             store,
+            alarms,
             limits,
+            db_size,
         }
     }
 
@@ -112,7 +150,8 @@ impl Member {
             id: 0,
             request: Some(request),
         };
-        if request.encoded_len() > self.limits.max_request_bytes {
+        let body_len = request.request.as_ref().map_or(0, |r| r.encoded_len());
+        if envelope_len(self.id(), body_len) > self.limits.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
         self.raft
@@ -141,7 +180,36 @@ impl Member {
         Ok(resp)
     }
 
+    /// etcd's quota check: a request that would take the store past the quota raises the
+    /// NOSPACE alarm and is refused.
+    async fn check_quota(&self, cost: usize) -> EtcdResult<()> {
+        let size = self.db_size.load(Ordering::Relaxed);
+        if cost == 0 || size.saturating_add(cost as u64) < self.limits.quota_backend_bytes as u64 {
+            return Ok(());
+        }
+        let raise = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.id(),
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self.propose(Request::Alarm(raise)).await {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        }
+        Err(EtcdError::NoSpace)
+    }
+
+    pub async fn alarm(&self, req: AlarmRequest) -> EtcdResult<AlarmResponse> {
+        match self.propose(Request::Alarm(req)).await? {
+            Response::Alarm(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(resp)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn put(&self, req: PutRequest) -> EtcdResult<PutResponse> {
+        self.check_quota(quota::put_cost(&req)).await?;
         match self.propose(Request::Put(req)).await? {
             Response::Put(mut resp) => {
                 self.fill(&mut resp.header);
@@ -169,6 +237,7 @@ impl Member {
             self.read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
                 .await?
         } else {
+            self.check_quota(quota::txn_cost(&req)).await?;
             match self.propose(Request::Txn(req)).await? {
                 Response::Txn(resp) => resp,
                 other => return Err(unexpected(other)),
@@ -209,17 +278,27 @@ impl Member {
             raft_index: raft.commit_index,
             raft_term: raft.term,
             raft_applied_index: raft.applied_index,
-            errors: Vec::new(),
+            errors: self.status_errors(&raft),
             db_size_in_use,
             is_learner: self
                 .raft
                 .members()
                 .iter()
                 .any(|m| m.id == self.id() && m.is_learner),
-            storage_version: ETCD_STORAGE_VERSION.to_string(),
+            // Only etcd 3.6 reports a storage version; keelson answers as 3.5 does.
+            storage_version: String::new(),
             db_size_quota: self.limits.quota_backend_bytes,
             downgrade_info: None,
         })
+    }
+
+    fn status_errors(&self, raft: &RaftStatus) -> Vec<String> {
+        let mut errors = Vec::new();
+        if raft.leader.is_none() {
+            errors.push(EtcdError::NoLeader.to_string());
+        }
+        errors.extend(self.alarms.status_lines());
+        errors
     }
 
     pub fn member_list(&self) -> MemberListResponse {
@@ -241,9 +320,6 @@ impl Member {
         }
     }
 }
-
-/// The storage format version reported by Status (etcd 3.6 reports its own schema version).
-const ETCD_STORAGE_VERSION: &str = "3.6.0";
 
 fn unexpected(response: Response) -> EtcdError {
     EtcdError::Internal(format!("unexpected applied response: {response:?}"))

@@ -11,6 +11,9 @@ pub mod read;
 pub mod record;
 pub mod write;
 
+#[cfg(test)]
+mod model_test;
+
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 

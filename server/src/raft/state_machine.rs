@@ -46,7 +46,7 @@ impl StateMachine {
         {
             if let Some((_, data)) = snapshots.current()? {
                 finish_install(&storage, &data)?;
-                applier.store().reload().map_err(io::Error::other)?;
+                applier.reload()?;
             }
         }
         let applied = read_applied_state(&storage)?;
@@ -221,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(storage.cf(CF_RAFT), KEY_INSTALLING, b"1");
             storage.write_durable(batch)?;
             finish_install(storage, &saved)?;
-            sm.applier.store().reload().map_err(io::Error::other)?;
+            sm.applier.reload()?;
             let state = read_applied_state(storage)?;
             if let Ok(mut current) = sm.applied.lock() {
                 *current = AppliedState {

@@ -27,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         let storage = Storage::open(&dir.path().join("db")).map_err(storage_error)?;
         let syncer = WalSyncer::start(storage.clone()).map_err(storage_error)?;
         let store = MvccStore::open(storage.clone()).map_err(storage_error)?;
-        let applier = Arc::new(Applier::new(store));
+        let applier = Arc::new(Applier::new(store).map_err(storage_error)?);
         let snapshots = SnapshotStore::new(dir.path().join("snap")).map_err(storage_error)?;
         let state_machine = StateMachine::open(applier, snapshots).map_err(storage_error)?;
         Ok((dir, LogStore::new(storage, syncer), state_machine))
