@@ -126,6 +126,9 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         Storage::open(&member_dir.join("db")).map_err(|e| BootError::Store(e.to_string()))?;
     let ident = load_or_create_identity(&storage, &config)?;
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
+    store
+        .watch_hub()
+        .set_progress_interval(config.watch_progress_notify_interval);
     let applier =
         Arc::new(Applier::new(store.clone()).map_err(|e| BootError::Store(e.to_string()))?);
     let alarms = applier.alarms().clone();

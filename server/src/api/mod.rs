@@ -8,6 +8,7 @@ mod kv;
 mod maintenance;
 pub mod status;
 pub mod validate;
+mod watch;
 
 use std::sync::Arc;
 
@@ -19,10 +20,11 @@ use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::{Lease, LeaseServer};
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use crate::proto::etcdserverpb::watch_server::{Watch, WatchServer};
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use cluster::ClusterService;
 use kv::KvService;
 use maintenance::MaintenanceService;
+use watch::WatchService;
 
 /// etcd lets gRPC messages exceed --max-request-bytes by this much, for framing and metadata.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -30,7 +32,6 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Answers every RPC of a service with `Unimplemented` until that service is built.
 struct NotYetImplemented;
 
-impl Watch for NotYetImplemented {}
 impl Lease for NotYetImplemented {}
 impl Auth for NotYetImplemented {}
 
@@ -47,7 +48,7 @@ pub fn routes(member: Arc<Member>) -> Routes {
         };
     }
     Routes::new(sized!(KvServer::new(KvService::new(member.clone()))))
-        .add_service(sized!(WatchServer::new(NotYetImplemented)))
+        .add_service(sized!(WatchServer::new(WatchService::new(member.clone()))))
         .add_service(sized!(LeaseServer::new(NotYetImplemented)))
         .add_service(sized!(ClusterServer::new(ClusterService::new(
             member.clone()

@@ -1,6 +1,7 @@
 //! etcd's command-line flags and `ETCD_*` variables, turned into a checked configuration.
 
 pub mod flags;
+mod go_duration;
 mod urls;
 
 use std::collections::BTreeMap;
@@ -111,8 +112,8 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("enable-grpc-gateway", Bool, "true", "Enable GRPC gateway.", Ignored("the JSON gateway is not served yet")),
     flag("experimental-initial-corrupt-check", Bool, "false", "Enable to check data corruption before serving any client/peer traffic.", Ignored("a single member has no peer to compare with")),
     flag("experimental-corrupt-check-time", Value, "0s", "Duration of time between cluster corruption check passes.", Ignored("a single member has no peer to compare with")),
-    flag("experimental-watch-progress-notify-interval", Value, "10m", "Duration of periodic watch progress notifications.", Ignored("watch is not supported yet")),
-    flag("watch-progress-notify-interval", Value, "10m", "Duration of periodic watch progress notifications.", Ignored("watch is not supported yet")),
+    flag("experimental-watch-progress-notify-interval", Value, "10m", "Duration of periodic watch progress notifications.", Supported),
+    flag("watch-progress-notify-interval", Value, "10m", "Duration of periodic watch progress notifications.", Supported),
     flag("experimental-enable-lease-checkpoint", Bool, "false", "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change.", Ignored("leases are not supported yet")),
     flag("experimental-compaction-batch-limit", Value, "1000", "Sets the maximum revisions deleted in each compaction batch.", Ignored("compaction batches hold 1000 changes")),
     flag("feature-gates", Value, "", "A set of key=value pairs that describe server level feature gates.", Ignored("no etcd feature gate changes keelson's behaviour")),
@@ -151,6 +152,7 @@ pub struct Config {
     pub election_timeout: Duration,
     pub log_level: String,
     pub logger: String,
+    pub watch_progress_notify_interval: Duration,
     /// Messages for the log once logging is up (environment warnings, ignored flags).
     pub notices: Vec<String>,
 }
@@ -359,8 +361,24 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         election_timeout: Duration::from_millis(election_ms),
         log_level,
         logger,
+        watch_progress_notify_interval: progress_interval(v)?,
         notices,
     })
+}
+
+/// Either spelling of the progress interval flag (etcd renamed it in 3.6); the newer wins.
+fn progress_interval(v: &Values<'_>) -> Result<Duration, ConfigError> {
+    let name = if v.is_set("watch-progress-notify-interval") {
+        "watch-progress-notify-interval"
+    } else {
+        "experimental-watch-progress-notify-interval"
+    };
+    let raw = v.string(name);
+    let interval = go_duration::parse(&raw).ok_or_else(|| invalid(name, &raw, "not a duration"))?;
+    if interval.is_zero() {
+        return Err(invalid(name, &raw, "must be positive"));
+    }
+    Ok(interval)
 }
 
 fn check_local_member(

@@ -9,17 +9,17 @@ pub mod compact;
 pub mod keys;
 pub mod read;
 pub mod record;
+pub mod watch;
 pub mod write;
 
 #[cfg(test)]
 mod model_test;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rocksdb::WriteBatch;
-use tokio::sync::watch;
 
 use crate::error::{EtcdError, EtcdResult};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse};
@@ -39,18 +39,14 @@ const INITIAL_REVISION: i64 = 1;
 /// No compaction has happened yet (etcd reports -1 too).
 const NO_COMPACTION: i64 = -1;
 
-/// Receives the events of every committed revision, in revision order.
-pub trait EventSink: Send + Sync + 'static {
-    fn publish(&self, revision: i64, events: Arc<Vec<Event>>);
-}
-
 pub struct MvccStore {
     storage: Arc<Storage>,
     current: AtomicI64,
-    compact_scheduled: AtomicI64,
-    revision_tx: watch::Sender<i64>,
+    /// Shared with the watch hub, which cancels watchers that fall below it.
+    compact_scheduled: Arc<AtomicI64>,
+    revision_tx: tokio::sync::watch::Sender<i64>,
     compactor: Compactor,
-    sink: Mutex<Option<Arc<dyn EventSink>>>,
+    hub: Arc<watch::WatchHub>,
 }
 
 impl MvccStore {
@@ -58,16 +54,19 @@ impl MvccStore {
         let current = read_meta_i64(&storage, META_CURRENT_REVISION)?.unwrap_or(INITIAL_REVISION);
         let scheduled = read_meta_i64(&storage, META_COMPACT_SCHEDULED)?.unwrap_or(NO_COMPACTION);
         let finished = read_meta_i64(&storage, META_COMPACT_FINISHED)?.unwrap_or(NO_COMPACTION);
-        let (revision_tx, _) = watch::channel(current);
+        let (revision_tx, _) = tokio::sync::watch::channel(current);
         let compactor = Compactor::start(storage.clone(), finished)
             .map_err(|e| EtcdError::Internal(format!("cannot start the compactor: {e}")))?;
+        let compact_scheduled = Arc::new(AtomicI64::new(scheduled));
+        let hub = watch::WatchHub::start(storage.clone(), compact_scheduled.clone(), current)
+            .map_err(|e| EtcdError::Internal(format!("cannot start the watch hub: {e}")))?;
         let store = Arc::new(Self {
             storage,
             current: AtomicI64::new(current),
-            compact_scheduled: AtomicI64::new(scheduled),
+            compact_scheduled,
             revision_tx,
             compactor,
-            sink: Mutex::new(None),
+            hub,
         });
         if scheduled > finished {
             // A compaction was interrupted by a restart: finish it.
@@ -95,14 +94,12 @@ impl MvccStore {
     }
 
     /// Watches the current revision as it advances.
-    pub fn subscribe_revision(&self) -> watch::Receiver<i64> {
+    pub fn subscribe_revision(&self) -> tokio::sync::watch::Receiver<i64> {
         self.revision_tx.subscribe()
     }
 
-    pub fn set_event_sink(&self, sink: Arc<dyn EventSink>) {
-        if let Ok(mut slot) = self.sink.lock() {
-            *slot = Some(sink);
-        }
+    pub fn watch_hub(&self) -> &Arc<watch::WatchHub> {
+        &self.hub
     }
 
     /// etcd's Range at the store's current state (or the revision the request names).
@@ -145,10 +142,7 @@ impl MvccStore {
         self.storage.write(batch)?;
         if let Some(change) = change {
             self.current.store(change.revision, Ordering::Release);
-            let sink = self.sink.lock().ok().and_then(|s| s.clone());
-            if let Some(sink) = sink {
-                sink.publish(change.revision, Arc::new(change.events));
-            }
+            self.hub.publish(change.revision, &change.events);
             self.revision_tx.send_replace(change.revision);
         }
         if let Some(revision) = compaction {
@@ -193,6 +187,7 @@ impl MvccStore {
         if scheduled > finished {
             self.compactor.schedule(scheduled);
         }
+        self.hub.reset(current);
         self.revision_tx.send_replace(current);
         Ok(())
     }

@@ -149,6 +149,10 @@ impl RaftNode {
         self.settings.member_id
     }
 
+    pub fn election_timeout(&self) -> Duration {
+        self.settings.election_timeout
+    }
+
     /// Replicates `request`, waits until it is applied here, and returns the applied result.
     pub async fn propose(&self, request: &RaftRequest) -> EtcdResult<RaftResponse> {
         let write = self.raft.client_write(Proposal::encode(request));

@@ -1,0 +1,255 @@
+//! etcdserverpb.Watch: one bidirectional stream carries many watches.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::EtcdError;
+use crate::member::Member;
+use crate::mvcc::read::KeyRange;
+use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
+use crate::proto::etcdserverpb::watch_create_request::FilterType;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// Responses queued between the hub's stream and the gRPC transport.
+const OUTGOING_BUFFER: usize = 16;
+
+pub struct WatchService {
+    member: Arc<Member>,
+}
+
+impl WatchService {
+    pub fn new(member: Arc<Member>) -> Self {
+        Self { member }
+    }
+}
+
+/// Streams whose client sent `hasleader: true` must fail when the member has no leader.
+pub fn requires_leader(metadata: &MetadataMap) -> bool {
+    metadata
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let needs_leader = requires_leader(request.metadata());
+        if needs_leader && self.member.raft_status().leader.is_none() {
+            return Err(EtcdError::NoLeader.into());
+        }
+        let requests = request.into_inner();
+        let (stream, messages) = self.member.store().watch_hub().open_stream();
+        tokio::spawn(read_requests(requests, stream));
+        let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
+        tokio::spawn(forward_responses(
+            self.member.clone(),
+            messages,
+            out_tx,
+            needs_leader,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// Turns the client's requests into hub calls until the client stops sending.
+async fn read_requests(mut requests: Streaming<WatchRequest>, stream: WatchStream) {
+    while let Some(Ok(request)) = requests.next().await {
+        let outcome = match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => stream.watch(spec_of(create)).await,
+            Some(RequestUnion::CancelRequest(cancel)) => stream.cancel(cancel.watch_id).await,
+            Some(RequestUnion::ProgressRequest(_)) => stream.request_progress().await,
+            // etcd ignores what it does not understand rather than ending the stream.
+            None => Ok(()),
+        };
+        if outcome.is_err() {
+            break;
+        }
+    }
+    // Dropping `stream` removes its watchers and ends the response stream.
+}
+
+fn spec_of(create: WatchCreateRequest) -> WatchSpec {
+    // As etcd: an empty key means "\0", the smallest key.
+    let key = if create.key.is_empty() {
+        Bytes::from_static(b"\0")
+    } else {
+        create.key.clone()
+    };
+    let filters: Vec<FilterType> = create
+        .filters
+        .iter()
+        .filter_map(|f| FilterType::try_from(*f).ok())
+        .collect();
+    WatchSpec {
+        watch_id: create.watch_id,
+        range: KeyRange::new(&key, &create.range_end),
+        start_revision: create.start_revision,
+        prev_kv: create.prev_kv,
+        no_put: filters.contains(&FilterType::Noput),
+        no_delete: filters.contains(&FilterType::Nodelete),
+        progress_notify: create.progress_notify,
+        fragment: create.fragment,
+    }
+}
+
+/// Converts hub messages to responses; ends the stream if a leader-requiring stream loses its
+/// leader for three election timeouts, as etcd does.
+async fn forward_responses(
+    member: Arc<Member>,
+    mut messages: mpsc::Receiver<WatchMessage>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    needs_leader: bool,
+) {
+    let check_every = member.raft().election_timeout();
+    let mut leader_check = tokio::time::interval(check_every);
+    let mut leaderless_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            message = messages.recv() => {
+                let Some(message) = message else { return };
+                for response in to_responses(&member, message) {
+                    if out.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = leader_check.tick(), if needs_leader => {
+                if member.raft_status().leader.is_some() {
+                    leaderless_since = None;
+                    continue;
+                }
+                let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= 3 * check_every {
+                    let _ = out.send(Err(EtcdError::NoLeader.into())).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn to_responses(member: &Member, message: WatchMessage) -> Vec<WatchResponse> {
+    let response = |revision: i64, watch_id: i64| WatchResponse {
+        header: Some(member.header(revision)),
+        watch_id,
+        ..Default::default()
+    };
+    match message {
+        WatchMessage::Created { watch_id, revision } => vec![WatchResponse {
+            created: true,
+            ..response(revision, watch_id)
+        }],
+        WatchMessage::Refused {
+            watch_id,
+            revision,
+            reason,
+        } => vec![WatchResponse {
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..response(revision, watch_id)
+        }],
+        WatchMessage::Events {
+            watch_id,
+            revision,
+            events,
+            fragment,
+        } => {
+            let whole = WatchResponse {
+                events,
+                ..response(revision, watch_id)
+            };
+            if fragment {
+                fragments(whole, member.limits().max_request_bytes)
+            } else {
+                vec![whole]
+            }
+        }
+        WatchMessage::Compacted {
+            watch_id,
+            revision,
+            compact_revision,
+        } => vec![WatchResponse {
+            canceled: true,
+            compact_revision,
+            ..response(revision, watch_id)
+        }],
+        WatchMessage::Canceled { watch_id, revision } => vec![WatchResponse {
+            canceled: true,
+            ..response(revision, watch_id)
+        }],
+        WatchMessage::Progress { watch_id, revision } => vec![response(revision, watch_id)],
+    }
+}
+
+/// Splits a response whose encoding reaches `limit` into several, each marked `fragment`
+/// but the last; a single event is never split (etcd's rule).
+fn fragments(whole: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    if whole.encoded_len() < limit || whole.events.len() < 2 {
+        return vec![whole];
+    }
+    let template = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..whole.clone()
+    };
+    let mut parts = Vec::new();
+    let mut current = template.clone();
+    for event in whole.events {
+        let grows_to = current.encoded_len() + event.encoded_len() + 2;
+        if !current.events.is_empty() && grows_to >= limit {
+            parts.push(std::mem::replace(&mut current, template.clone()));
+        }
+        current.events.push(event);
+    }
+    current.fragment = false;
+    parts.push(current);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn fragments_keep_every_event_in_order_and_mark_all_but_the_last() {
+        let events: Vec<Event> = (0..10)
+            .map(|i| Event {
+                kv: Some(KeyValue {
+                    key: Bytes::from(format!("k{i}")),
+                    value: Bytes::from(vec![b'x'; 100]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let whole = WatchResponse {
+            watch_id: 3,
+            events: events.clone(),
+            ..Default::default()
+        };
+        let parts = fragments(whole, 300);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        let rejoined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(rejoined, events);
+    }
+}
