@@ -5,7 +5,7 @@ PROFILE_DIR := $(CARGO_TARGET_DIR)/debug
 KEELSON_BIN := $(PROFILE_DIR)/keelson
 RUN_ARGS ?=
 
-.PHONY: run build deps test-deps test lint fmt clippy clean
+.PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale
 
 deps:
 	@scripts/install-deps.sh
@@ -34,3 +34,29 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## Benchmarks (bench/README.md). Release builds of keelson and of the load generator.
+RELEASE_DIR := $(CARGO_TARGET_DIR)/release
+BENCH_BIN := $(RELEASE_DIR)/keelson-bench
+KEELSON_RELEASE_BIN := $(RELEASE_DIR)/keelson
+ETCD_BIN ?= /usr/bin/etcd
+BENCH_ARGS ?=
+BENCH_SCALE_KEYS ?= 1000000,5000000
+BENCH_SCALE_ARGS ?=
+
+bench-build: deps
+	$(CARGO) build --locked --release -p keelson --bin keelson
+	$(CARGO) build --locked --release -p keelson-bench --bin keelson-bench
+
+## keelson and the real etcd side by side (both fsync on, fresh data dirs under /tmp), three
+## alternating rounds of the fixed scenarios, at most 15 minutes; prints the table of medians
+## and writes bench/results/LATEST.md (the previous one is kept as bench/results/<date>.md).
+bench: test-deps bench-build
+	$(BENCH_BIN) suite --keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
+		--results-dir $(CURDIR)/bench/results $(BENCH_ARGS) </dev/null
+
+## 1M keys, then 5M when disk, memory and the time bound allow: RSS, disk, LIST latency and
+## restart-to-first-read for both servers; writes bench/results/SCALE-LATEST.md.
+bench-scale: test-deps bench-build
+	$(BENCH_BIN) scale --keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
+		--keys $(BENCH_SCALE_KEYS) --results-dir $(CURDIR)/bench/results $(BENCH_SCALE_ARGS) </dev/null

@@ -8,16 +8,20 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api;
-use crate::config::Config;
+use crate::config::{Config, ListenUrl, Scheme};
+use crate::lease::{self, Lessor};
 use crate::member::applier::Applier;
 use crate::member::identity;
 use crate::member::{Limits, Member};
+use crate::metrics::grpc::GrpcMetricsLayer;
+use crate::metrics::{DiskMetrics, METRICS};
 use crate::mvcc::MvccStore;
 use crate::raft::{MemberNode, RaftNode, RaftSettings};
 use crate::storage::{Storage, CF_RAFT};
+use crate::transport::{self, tls};
 use crate::version::ETCD_CAPABILITY_VERSION;
 
 /// How long a write or linearizable read may wait, as etcd's default request timeout
@@ -38,6 +42,8 @@ pub enum BootError {
     Listen { url: String, source: std::io::Error },
     #[error("no leader was elected within {0:?}")]
     NoLeader(Duration),
+    #[error("TLS for {url}: {source}")]
+    Tls { url: String, source: tls::TlsError },
 }
 
 /// Who this member is; fixed when its data dir is created.
@@ -122,15 +128,23 @@ pub async fn run(config: Config) -> Result<(), BootError> {
     }
     let member_dir = config.data_dir.join("member");
     prepare_data_dir(&config.data_dir)?;
-    let storage =
-        Storage::open(&member_dir.join("db")).map_err(|e| BootError::Store(e.to_string()))?;
+    let storage = Storage::open_with_observer(&member_dir.join("db"), Arc::new(DiskMetrics))
+        .map_err(|e| BootError::Store(e.to_string()))?;
     let ident = load_or_create_identity(&storage, &config)?;
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
     store
         .watch_hub()
         .set_progress_interval(config.watch_progress_notify_interval);
-    let applier =
-        Arc::new(Applier::new(store.clone()).map_err(|e| BootError::Store(e.to_string()))?);
+    let lessor = Arc::new(
+        Lessor::load(
+            storage.clone(),
+            lease::min_ttl(config.heartbeat_interval, config.election_timeout),
+        )
+        .map_err(|e| BootError::Store(e.to_string()))?,
+    );
+    let applier = Arc::new(
+        Applier::new(store.clone(), lessor.clone()).map_err(|e| BootError::Store(e.to_string()))?,
+    );
     let alarms = applier.alarms().clone();
     let settings = RaftSettings {
         member_id: ident.member_id,
@@ -157,12 +171,16 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         raft.clone(),
         store,
         alarms,
+        lessor,
         Limits {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
             quota_backend_bytes: config.quota_backend_bytes,
         },
     ));
+    member.start_lease_tasks();
+    member.start_auto_compaction(config.auto_compaction);
+    start_metrics(&config, &member);
     tracing::info!(
         "published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
         config.name,
@@ -171,61 +189,28 @@ pub async fn run(config: Config) -> Result<(), BootError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listeners = bind_listeners(&config, &member).await?;
     let mut servers = Vec::new();
-    for url in &config.listen_client_urls {
-        let listener =
-            TcpListener::bind(&url.address)
-                .await
-                .map_err(|source| BootError::Listen {
-                    url: url.original.clone(),
-                    source,
-                })?;
-        let local = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let routes = api::routes(member.clone());
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let served = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "client listener failed");
-            }
-        }));
-        tracing::info!(
-            "serving insecure client requests on {local}, this is strongly discouraged!"
-        );
-    }
-    for url in &config.listen_peer_urls {
-        // Peers have nothing to say to a one-member cluster yet; the port is still held so
-        // that a second process cannot take it and the layout matches etcd's.
-        let listener =
-            TcpListener::bind(&url.address)
-                .await
-                .map_err(|source| BootError::Listen {
-                    url: url.original.clone(),
-                    source,
-                })?;
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            };
-            let served = tonic::transport::Server::builder()
-                .add_routes(tonic::service::Routes::default())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "peer listener failed");
-            }
-        }));
+    for listener in listeners {
+        if listener.kind == ListenerKind::Client && listener.tls.is_none() {
+            tracing::info!(
+                "serving insecure client requests on {}, this is strongly discouraged!",
+                listener.local
+            );
+        } else {
+            tracing::info!(
+                "serving {:?} requests on {} ({})",
+                listener.kind,
+                listener.local,
+                listener.url
+            );
+        }
+        servers.push(tokio::spawn(transport::serve(
+            listener.tcp,
+            listener.tls,
+            listener.router,
+            stop_rx.clone(),
+        )));
     }
     tracing::info!("ready to serve client requests");
 
@@ -259,4 +244,156 @@ async fn wait_for_stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListenerKind {
+    Client,
+    Metrics,
+    Peer,
+}
+
+struct BoundListener {
+    kind: ListenerKind,
+    url: String,
+    local: String,
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    router: axum::Router,
+}
+
+/// gRPC (with etcd's message-limit wording and gRPC metrics) and HTTP on one router.
+fn client_router(member: &Arc<Member>) -> axum::Router {
+    let grpc = api::routes(member.clone())
+        .into_axum_router()
+        .layer(api::message_limit::EtcdMessageLimitLayer)
+        .layer(GrpcMetricsLayer);
+    grpc.merge(crate::http::router(member.clone()))
+}
+
+fn hosts_of(urls: &[ListenUrl]) -> Vec<String> {
+    urls.iter()
+        .filter_map(|u| {
+            u.address
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        })
+        .collect()
+}
+
+async fn bind_listeners(
+    config: &Config,
+    member: &Arc<Member>,
+) -> Result<Vec<BoundListener>, BootError> {
+    let client_router = client_router(member);
+    let metrics_router = crate::http::router(member.clone());
+    let peer_router = axum::Router::new();
+    let mut bound = Vec::new();
+    let groups = [
+        (
+            ListenerKind::Client,
+            &config.listen_client_urls,
+            &config.client_tls,
+            "client",
+            &client_router,
+        ),
+        (
+            ListenerKind::Metrics,
+            &config.listen_metrics_urls,
+            &config.client_tls,
+            "client",
+            &metrics_router,
+        ),
+        (
+            ListenerKind::Peer,
+            &config.listen_peer_urls,
+            &config.peer_tls,
+            "peer",
+            &peer_router,
+        ),
+    ];
+    for (kind, urls, tls_settings, fixture, router) in groups {
+        let acceptor = if urls.iter().any(|u| u.scheme == Scheme::Https) {
+            let auto_dir = tls::auto_tls_dir(&config.data_dir, fixture);
+            let server_config = tls::server_config(tls_settings, &auto_dir, &hosts_of(urls))
+                .map_err(|source| BootError::Tls {
+                    url: urls
+                        .iter()
+                        .map(|u| u.original.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    source,
+                })?;
+            Some(TlsAcceptor::from(server_config))
+        } else {
+            None
+        };
+        for url in urls {
+            let tcp =
+                TcpListener::bind(&url.address)
+                    .await
+                    .map_err(|source| BootError::Listen {
+                        url: url.original.clone(),
+                        source,
+                    })?;
+            let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            bound.push(BoundListener {
+                kind,
+                url: url.original.clone(),
+                local,
+                tcp,
+                tls: (url.scheme == Scheme::Https)
+                    .then(|| acceptor.clone())
+                    .flatten(),
+                router: router.clone(),
+            });
+        }
+    }
+    Ok(bound)
+}
+
+/// Keeps the gauges that mirror the member's state up to date.
+fn start_metrics(config: &Config, member: &Arc<Member>) {
+    if config.extensive_metrics {
+        METRICS.grpc.enable_extensive(&METRICS.registry);
+    }
+    METRICS.grpc.preinitialize();
+    METRICS
+        .server_version
+        .with_label_values(&[crate::version::ETCD_VERSION])
+        .set(1);
+    METRICS
+        .cluster_version
+        .with_label_values(&[crate::version::ETCD_CLUSTER_VERSION])
+        .set(1);
+    METRICS
+        .server_id
+        .with_label_values(&[&format!("{:x}", member.id())])
+        .set(1);
+    METRICS.quota_backend_bytes.set(config.quota_backend_bytes);
+    let weak = Arc::downgrade(member);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_leader = None;
+        loop {
+            tick.tick().await;
+            let Some(member) = weak.upgrade() else { return };
+            let raft = member.raft_status();
+            if raft.leader.is_some() && raft.leader != last_leader {
+                METRICS.leader_changes_seen.inc();
+            }
+            last_leader = raft.leader;
+            METRICS.has_leader.set(i64::from(raft.leader.is_some()));
+            METRICS.is_leader.set(i64::from(raft.is_leader));
+            METRICS.proposals_committed.set(raft.commit_index as i64);
+            METRICS.proposals_applied.set(raft.applied_index as i64);
+            let store = member.store();
+            METRICS.current_revision.set(store.current_revision());
+            METRICS.compact_revision.set(store.compacted_revision());
+            let (streams, watchers, slow) = store.watch_hub().counts();
+            METRICS.watch_streams.set(streams as i64);
+            METRICS.watchers.set(watchers as i64);
+            METRICS.slow_watchers.set(slow as i64);
+        }
+    });
 }

@@ -5,7 +5,9 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
+pub mod message_limit;
 pub mod status;
 pub mod validate;
 mod watch;
@@ -18,11 +20,12 @@ use crate::member::Member;
 use crate::proto::etcdserverpb::auth_server::{Auth, AuthServer};
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
-use crate::proto::etcdserverpb::lease_server::{Lease, LeaseServer};
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use cluster::ClusterService;
 use kv::KvService;
+use lease::LeaseService;
 use maintenance::MaintenanceService;
 use watch::WatchService;
 
@@ -32,7 +35,6 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Answers every RPC of a service with `Unimplemented` until that service is built.
 struct NotYetImplemented;
 
-impl Lease for NotYetImplemented {}
 impl Auth for NotYetImplemented {}
 
 /// Every etcd gRPC service, sized as etcd sizes its messages.
@@ -49,7 +51,7 @@ pub fn routes(member: Arc<Member>) -> Routes {
     }
     Routes::new(sized!(KvServer::new(KvService::new(member.clone()))))
         .add_service(sized!(WatchServer::new(WatchService::new(member.clone()))))
-        .add_service(sized!(LeaseServer::new(NotYetImplemented)))
+        .add_service(sized!(LeaseServer::new(LeaseService::new(member.clone()))))
         .add_service(sized!(ClusterServer::new(ClusterService::new(
             member.clone()
         ))))

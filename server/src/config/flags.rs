@@ -18,6 +18,7 @@ pub enum Kind {
 pub enum Origin {
     CommandLine,
     Environment,
+    ConfigFile,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

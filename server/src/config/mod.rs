@@ -1,5 +1,6 @@
 //! etcd's command-line flags and `ETCD_*` variables, turned into a checked configuration.
 
+mod file;
 pub mod flags;
 mod go_duration;
 mod urls;
@@ -10,6 +11,9 @@ use std::time::Duration;
 
 use flags::{FlagError, FlagValue, Kind, ParseOutcome};
 pub use urls::{ListenUrl, Scheme};
+
+use crate::member::auto_compaction::AutoCompaction;
+use crate::transport::tls::TlsSettings;
 
 /// How keelson treats an etcd flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +53,6 @@ const fn flag(
 use Kind::{Bool, Value};
 use Support::{Ignored, Refused, Supported};
 
-const NOT_YET_TLS: &str = "TLS is not supported yet";
 const NOT_YET_MULTI: &str = "multi-member clusters are not supported yet";
 
 /// Every flag keelson knows, with etcd's defaults.
@@ -76,7 +79,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("listen-peer-urls", Value, "http://localhost:2380", "List of URLs to listen on for peer traffic.", Supported),
     flag("listen-client-urls", Value, "http://localhost:2379", "List of URLs to listen on for client traffic.", Supported),
     flag("listen-client-http-urls", Value, "", "List of URLs to listen on for http only client traffic.", Refused("the HTTP gateway is not supported yet")),
-    flag("listen-metrics-urls", Value, "", "List of URLs to listen on for the metrics and health endpoints.", Refused("metrics endpoints are not supported yet")),
+    flag("listen-metrics-urls", Value, "", "List of URLs to listen on for the metrics and health endpoints.", Supported),
     flag("initial-advertise-peer-urls", Value, "http://localhost:2380", "List of this member's peer URLs to advertise to the rest of the cluster.", Supported),
     flag("initial-cluster", Value, "default=http://localhost:2380", "Initial cluster configuration for bootstrapping.", Supported),
     flag("initial-cluster-state", Value, "new", "Initial cluster state ('new' or 'existing').", Supported),
@@ -85,30 +88,30 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("discovery", Value, "", "Discovery URL used to bootstrap the cluster.", Refused("discovery is not supported")),
     flag("discovery-srv", Value, "", "DNS srv domain used to bootstrap the cluster.", Refused("discovery is not supported")),
     flag("strict-reconfig-check", Bool, "true", "Reject reconfiguration requests that would cause quorum loss.", Ignored("reconfiguration is always checked")),
-    flag("cert-file", Value, "", "Path to the client server TLS cert file.", Refused(NOT_YET_TLS)),
-    flag("key-file", Value, "", "Path to the client server TLS key file.", Refused(NOT_YET_TLS)),
-    flag("client-cert-auth", Bool, "false", "Enable client cert authentication.", Refused(NOT_YET_TLS)),
-    flag("client-crl-file", Value, "", "Path to the client certificate revocation list file.", Refused(NOT_YET_TLS)),
-    flag("trusted-ca-file", Value, "", "Path to the client server TLS trusted CA cert file.", Refused(NOT_YET_TLS)),
-    flag("auto-tls", Bool, "false", "Client TLS using generated certificates.", Refused(NOT_YET_TLS)),
-    flag("cipher-suites", Value, "", "Comma-separated list of supported TLS cipher suites.", Refused(NOT_YET_TLS)),
-    flag("tls-min-version", Value, "TLS1.2", "Minimum TLS version supported by etcd.", Refused(NOT_YET_TLS)),
-    flag("tls-max-version", Value, "", "Maximum TLS version supported by etcd.", Refused(NOT_YET_TLS)),
-    flag("peer-cert-file", Value, "", "Path to the peer server TLS cert file.", Ignored("a member without peers sends no peer traffic")),
-    flag("peer-key-file", Value, "", "Path to the peer server TLS key file.", Ignored("a member without peers sends no peer traffic")),
-    flag("peer-client-cert-auth", Bool, "false", "Enable peer client cert authentication.", Ignored("a member without peers sends no peer traffic")),
-    flag("peer-trusted-ca-file", Value, "", "Path to the peer server TLS trusted CA file.", Ignored("a member without peers sends no peer traffic")),
-    flag("peer-auto-tls", Bool, "false", "Peer TLS using self-generated certificates.", Ignored("a member without peers sends no peer traffic")),
-    flag("peer-crl-file", Value, "", "Path to the peer certificate revocation list file.", Ignored("a member without peers sends no peer traffic")),
+    flag("cert-file", Value, "", "Path to the client server TLS cert file.", Supported),
+    flag("key-file", Value, "", "Path to the client server TLS key file.", Supported),
+    flag("client-cert-auth", Bool, "false", "Enable client cert authentication.", Supported),
+    flag("client-crl-file", Value, "", "Path to the client certificate revocation list file.", Supported),
+    flag("trusted-ca-file", Value, "", "Path to the client server TLS trusted CA cert file.", Supported),
+    flag("auto-tls", Bool, "false", "Client TLS using generated certificates.", Supported),
+    flag("cipher-suites", Value, "", "Comma-separated list of supported TLS cipher suites.", Supported),
+    flag("tls-min-version", Value, "TLS1.2", "Minimum TLS version supported by etcd.", Supported),
+    flag("tls-max-version", Value, "", "Maximum TLS version supported by etcd.", Supported),
+    flag("peer-cert-file", Value, "", "Path to the peer server TLS cert file.", Supported),
+    flag("peer-key-file", Value, "", "Path to the peer server TLS key file.", Supported),
+    flag("peer-client-cert-auth", Bool, "false", "Enable peer client cert authentication.", Supported),
+    flag("peer-trusted-ca-file", Value, "", "Path to the peer server TLS trusted CA file.", Supported),
+    flag("peer-auto-tls", Bool, "false", "Peer TLS using self-generated certificates.", Supported),
+    flag("peer-crl-file", Value, "", "Path to the peer certificate revocation list file.", Supported),
     flag("logger", Value, "", "'zap' for JSON lines as etcd writes them; unset, readable text.", Supported),
     flag("log-outputs", Value, "default", "Specify 'stdout' or 'stderr' to skip journald logging even when running under systemd.", Supported),
     flag("log-level", Value, "info", "Configures log level. Only supports debug, info, warn, error, panic, or fatal.", Supported),
     flag("debug", Bool, "false", "Enable debug-level logging.", Supported),
     flag("version", Bool, "false", "Print the version and exit.", Supported),
-    flag("auto-compaction-retention", Value, "0", "Auto compaction retention for mvcc key value store.", Refused("auto compaction is not supported yet")),
+    flag("auto-compaction-retention", Value, "0", "Auto compaction retention for mvcc key value store.", Supported),
     flag("auto-compaction-mode", Value, "periodic", "Interpret 'auto-compaction-retention' one of: periodic|revision.", Supported),
     flag("enable-pprof", Bool, "false", "Enable runtime profiling data via HTTP server.", Ignored("keelson has no Go runtime to profile")),
-    flag("metrics", Value, "basic", "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics.", Ignored("metrics are not exported yet")),
+    flag("metrics", Value, "basic", "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics.", Supported),
     flag("enable-grpc-gateway", Bool, "true", "Enable GRPC gateway.", Ignored("the JSON gateway is not served yet")),
     flag("experimental-initial-corrupt-check", Bool, "false", "Enable to check data corruption before serving any client/peer traffic.", Ignored("a single member has no peer to compare with")),
     flag("experimental-corrupt-check-time", Value, "0s", "Duration of time between cluster corruption check passes.", Ignored("a single member has no peer to compare with")),
@@ -119,7 +122,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("feature-gates", Value, "", "A set of key=value pairs that describe server level feature gates.", Ignored("no etcd feature gate changes keelson's behaviour")),
     flag("unsafe-no-fsync", Bool, "false", "Disables fsync, unsafe, will cause data loss.", Refused("keelson never acknowledges a write before it is on disk")),
     flag("force-new-cluster", Bool, "false", "Force to create a new one member cluster.", Refused(NOT_YET_MULTI)),
-    flag("config-file", Value, "", "Path to the server configuration file.", Refused("configuration files are not supported yet")),
+    flag("config-file", Value, "", "Path to the server configuration file; other flags and ETCD_* variables are then ignored.", Supported),
 ];
 
 pub fn spec(name: &str) -> Option<&'static FlagSpec> {
@@ -153,6 +156,12 @@ pub struct Config {
     pub log_level: String,
     pub logger: String,
     pub watch_progress_notify_interval: Duration,
+    pub auto_compaction: AutoCompaction,
+    pub listen_metrics_urls: Vec<ListenUrl>,
+    /// `--metrics extensive` adds gRPC latency histograms.
+    pub extensive_metrics: bool,
+    pub client_tls: TlsSettings,
+    pub peer_tls: TlsSettings,
     /// Messages for the log once logging is up (environment warnings, ignored flags).
     pub notices: Vec<String>,
 }
@@ -177,17 +186,27 @@ pub enum Parsed {
 
 pub fn parse(args: &[String], env: &[(String, String)]) -> Result<Parsed, ConfigError> {
     let kinds = |name: &str| spec(name).map(|s| s.kind);
-    let (outcome, warnings) = flags::parse(args, &kinds, env)?;
-    let values = match outcome {
+    let (outcome, mut notices) = flags::parse(args, &kinds, env)?;
+    let mut values = match outcome {
         ParseOutcome::Help => return Ok(Parsed::Help),
         ParseOutcome::Values(v) => v,
     };
-    let getter = Values { values: &values };
-    if getter.bool("version")? {
+    if (Values { values: &values }).bool("version")? {
         return Ok(Parsed::Version);
     }
-    let mut config = build(&getter)?;
-    config.notices.extend(warnings);
+    // As etcd: a configuration file replaces every flag and variable.
+    let config_file = values.get("config-file").map(|v| v.value.clone());
+    if let Some(path) = config_file.filter(|p| !p.is_empty()) {
+        let (from_file, file_notices) =
+            file::read(std::path::Path::new(&path), &|k| spec(k).is_some())?;
+        notices = file_notices;
+        notices.push(format!(
+            "loaded server configuration from {path}; other command line flags and environment variables are ignored"
+        ));
+        values = from_file;
+    }
+    let mut config = build(&Values { values: &values })?;
+    config.notices.extend(notices);
     Ok(Parsed::Run(Box::new(config)))
 }
 
@@ -263,13 +282,33 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         urls::parse_listen_urls("listen-client-urls", &v.list("listen-client-urls"))?;
     let listen_peer_urls =
         urls::parse_listen_urls("listen-peer-urls", &v.list("listen-peer-urls"))?;
-    for url in listen_client_urls.iter().chain(&listen_peer_urls) {
-        if url.scheme != Scheme::Http {
+    let listen_metrics_urls =
+        urls::parse_listen_urls("listen-metrics-urls", &v.list("listen-metrics-urls"))?;
+    let client_tls = tls_settings(v, "")?;
+    let peer_tls = tls_settings(v, "peer-")?;
+    for url in listen_client_urls.iter().chain(&listen_metrics_urls) {
+        if url.scheme == Scheme::Https && !client_tls.is_configured() {
             return Err(ConfigError::Invalid(format!(
-                "listen URL {} is not supported by keelson: {NOT_YET_TLS}",
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url {} with HTTPS scheme",
                 url.original
             )));
         }
+    }
+    for url in &listen_peer_urls {
+        if url.scheme == Scheme::Https && !peer_tls.is_configured() {
+            return Err(ConfigError::Invalid(format!(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {} with HTTPS scheme",
+                url.original
+            )));
+        }
+    }
+    let metrics_level = v.string("metrics");
+    if !["basic", "extensive"].contains(&metrics_level.as_str()) {
+        return Err(invalid(
+            "metrics",
+            &metrics_level,
+            "expected basic or extensive",
+        ));
     }
     let initial_advertise_peer_urls = v.list("initial-advertise-peer-urls");
     urls::check_urls("initial-advertise-peer-urls", &initial_advertise_peer_urls)?;
@@ -362,8 +401,89 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         log_level,
         logger,
         watch_progress_notify_interval: progress_interval(v)?,
+        auto_compaction: auto_compaction(v)?,
+        listen_metrics_urls,
+        extensive_metrics: metrics_level == "extensive",
+        client_tls,
+        peer_tls,
         notices,
     })
+}
+
+/// etcd's auto compaction flags. A periodic retention is a Go duration, or a bare number of
+/// hours; a revision retention is a number of revisions; "0" turns it off.
+fn auto_compaction(v: &Values<'_>) -> Result<AutoCompaction, ConfigError> {
+    let mode = v.string("auto-compaction-mode");
+    let raw = v.string("auto-compaction-retention");
+    let name = "auto-compaction-retention";
+    match mode.as_str() {
+        "periodic" => {
+            let retention = match raw.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => go_duration::parse(&raw)
+                    .ok_or_else(|| invalid(name, &raw, "not a duration or a number of hours"))?,
+            };
+            Ok(if retention.is_zero() {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Periodic(retention)
+            })
+        }
+        "revision" => {
+            let keep: i64 = raw
+                .parse()
+                .map_err(|_| invalid(name, &raw, "not a number of revisions"))?;
+            Ok(if keep <= 0 {
+                AutoCompaction::Off
+            } else {
+                AutoCompaction::Revision(keep)
+            })
+        }
+        other => Err(invalid(
+            "auto-compaction-mode",
+            other,
+            "valid values are periodic and revision",
+        )),
+    }
+}
+
+/// The TLS flags of one listener kind (`""` for clients, `"peer-"` for peers).
+fn tls_settings(v: &Values<'_>, prefix: &str) -> Result<TlsSettings, ConfigError> {
+    let path_of = |flag: &str| {
+        let value = v.string(flag);
+        (!value.is_empty()).then(|| std::path::PathBuf::from(value))
+    };
+    let shared = |flag: &str| {
+        let value = v.string(flag);
+        (!value.is_empty()).then_some(value)
+    };
+    let crl_flag = if prefix.is_empty() {
+        "client-crl-file"
+    } else {
+        "peer-crl-file"
+    };
+    let settings = TlsSettings {
+        cert_file: path_of(&format!("{prefix}cert-file")),
+        key_file: path_of(&format!("{prefix}key-file")),
+        trusted_ca_file: path_of(&format!("{prefix}trusted-ca-file")),
+        client_cert_auth: v.bool(&format!("{prefix}client-cert-auth"))?,
+        crl_file: path_of(crl_flag),
+        auto_tls: v.bool(&format!("{prefix}auto-tls"))?,
+        cipher_suites: v.list("cipher-suites"),
+        min_version: shared("tls-min-version"),
+        max_version: shared("tls-max-version"),
+    };
+    if settings.cert_file.is_some() != settings.key_file.is_some() {
+        return Err(ConfigError::Invalid(format!(
+            "--{prefix}cert-file and --{prefix}key-file must be given together"
+        )));
+    }
+    if settings.client_cert_auth && settings.trusted_ca_file.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file"
+        )));
+    }
+    Ok(settings)
 }
 
 /// Either spelling of the progress interval flag (etcd renamed it in 3.6); the newer wins.
@@ -471,6 +591,48 @@ mod tests {
     }
 
     #[test]
+    fn auto_compaction_flags() {
+        let c = run(&["--auto-compaction-retention", "1"]).expect("hours");
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
+        let c = run(&["--auto-compaction-retention", "30m"]).expect("duration");
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(1800))
+        );
+        let c = run(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "1000",
+        ])
+        .expect("revisions");
+        assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
+        assert_eq!(
+            run(&[]).expect("default").auto_compaction,
+            AutoCompaction::Off
+        );
+        assert!(run(&["--auto-compaction-mode", "weekly"]).is_err());
+    }
+
+    /// docs/operations.md must name every flag keelson knows.
+    #[test]
+    fn every_flag_is_documented() {
+        let doc = include_str!("../../../docs/operations.md");
+        let missing: Vec<&str> = FLAGS
+            .iter()
+            .map(|f| f.name)
+            .filter(|name| !doc.contains(&format!("`--{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "flags missing from docs/operations.md: {missing:?}"
+        );
+    }
+
+    #[test]
     fn name_alone_names_the_cluster_member() {
         let c = run(&["--name", "infra0"]).expect("parses");
         assert_eq!(c.data_dir, PathBuf::from("infra0.etcd"));
@@ -479,7 +641,14 @@ mod tests {
 
     #[test]
     fn refused_and_mismatched_configurations() {
-        assert!(run(&["--cert-file", "x"]).is_err());
+        assert!(
+            run(&["--cert-file", "x"]).is_err(),
+            "a cert without its key"
+        );
+        assert!(
+            run(&["--listen-client-urls", "https://127.0.0.1:2379"]).is_err(),
+            "https without TLS material"
+        );
         assert!(run(&["--unsafe-no-fsync"]).is_err());
         let err =
             run(&["--initial-advertise-peer-urls", "http://127.0.0.1:2390"]).expect_err("mismatch");

@@ -10,6 +10,7 @@ use rocksdb::WriteBatch;
 use super::alarms::Alarms;
 use super::quota;
 use crate::error::EtcdError;
+use crate::lease::Lessor;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
@@ -22,12 +23,21 @@ use crate::storage::StorageError;
 pub struct Applier {
     store: Arc<MvccStore>,
     alarms: Arc<Alarms>,
+    lessor: Arc<Lessor>,
 }
 
 impl Applier {
-    pub fn new(store: Arc<MvccStore>) -> Result<Self, StorageError> {
+    pub fn new(store: Arc<MvccStore>, lessor: Arc<Lessor>) -> Result<Self, StorageError> {
         let alarms = Arc::new(Alarms::load(store.storage())?);
-        Ok(Self { store, alarms })
+        Ok(Self {
+            store,
+            alarms,
+            lessor,
+        })
+    }
+
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
     }
 
     pub fn alarms(&self) -> &Arc<Alarms> {
@@ -39,7 +49,8 @@ impl Applier {
         self.store
             .reload()
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        self.alarms.reload(self.store.storage())
+        self.alarms.reload(self.store.storage())?;
+        self.lessor.reload()
     }
 
     pub fn store(&self) -> &Arc<MvccStore> {
@@ -98,10 +109,12 @@ impl Applier {
             Request::Txn(r) => Response::Txn(apply::txn(txn, r)?),
             Request::Compaction(r) => Response::Compaction(apply::compaction(txn, r)?),
             Request::Alarm(r) => Response::Alarm(self.alarm(txn, r)),
-            Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::LeaseCheckpoint(_) => {
-                return Err(EtcdError::InvalidArgument(
-                    "keelson: lease requests are not supported yet".into(),
-                ))
+            Request::LeaseGrant(_) if capped => return Err(EtcdError::NoSpace),
+            Request::LeaseGrant(r) => Response::LeaseGrant(self.lessor.apply_grant(txn, r)?),
+            Request::LeaseRevoke(r) => Response::LeaseRevoke(self.lessor.apply_revoke(txn, r)?),
+            Request::LeaseCheckpoint(r) => {
+                self.lessor.apply_checkpoints(txn.batch_mut(), r);
+                return Ok(None);
             }
         };
         Ok(Some(response))

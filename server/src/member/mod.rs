@@ -3,7 +3,10 @@
 
 pub mod alarms;
 pub mod applier;
+pub mod auto_compaction;
 pub mod identity;
+pub mod ids;
+mod leases;
 pub mod quota;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{EtcdError, EtcdResult};
+use crate::lease::Lessor;
+use crate::metrics::METRICS;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
@@ -40,6 +45,8 @@ pub struct Member {
     raft: Arc<RaftNode>,
     store: Arc<MvccStore>,
     alarms: Arc<alarms::Alarms>,
+    lessor: Arc<Lessor>,
+    ids: ids::IdGenerator,
     limits: Limits,
     /// Bytes the database takes on disk, refreshed in the background for the quota check.
     db_size: Arc<AtomicU64>,
@@ -62,6 +69,7 @@ impl Member {
         raft: Arc<RaftNode>,
         store: Arc<MvccStore>,
         alarms: Arc<alarms::Alarms>,
+        lessor: Arc<Lessor>,
         limits: Limits,
     ) -> Self {
         let db_size = Arc::new(AtomicU64::new(store.storage().size_on_disk()));
@@ -81,11 +89,14 @@ impl Member {
                 }
             }
         });
+        let ids = ids::IdGenerator::new(raft.member_id());
         Self {
             cluster_id,
             raft,
             store,
             alarms,
+            lessor,
+            ids,
             limits,
             db_size,
         }
@@ -154,9 +165,20 @@ impl Member {
         if envelope_len(self.id(), body_len) > self.limits.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
-        self.raft
-            .propose(&request)
-            .await?
+        METRICS.proposals_pending.inc();
+        let outcome = self.raft.propose(&request).await;
+        METRICS.proposals_pending.dec();
+        if matches!(
+            outcome,
+            Err(EtcdError::Timeout
+                | EtcdError::NoLeader
+                | EtcdError::NotLeader
+                | EtcdError::LeaderChanged
+                | EtcdError::Stopped)
+        ) {
+            METRICS.proposals_failed.inc();
+        }
+        outcome?
             .response
             .ok_or_else(|| EtcdError::Internal("applied request returned nothing".into()))
     }
@@ -172,6 +194,7 @@ impl Member {
     }
 
     pub async fn range(&self, req: RangeRequest) -> EtcdResult<RangeResponse> {
+        METRICS.mvcc_range.inc();
         if !req.serializable {
             self.raft.read_index().await?;
         }
@@ -209,6 +232,7 @@ impl Member {
     }
 
     pub async fn put(&self, req: PutRequest) -> EtcdResult<PutResponse> {
+        METRICS.mvcc_put.inc();
         self.check_quota(quota::put_cost(&req)).await?;
         match self.propose(Request::Put(req)).await? {
             Response::Put(mut resp) => {
@@ -220,6 +244,7 @@ impl Member {
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> EtcdResult<DeleteRangeResponse> {
+        METRICS.mvcc_delete.inc();
         match self.propose(Request::DeleteRange(req)).await? {
             Response::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
@@ -230,6 +255,7 @@ impl Member {
     }
 
     pub async fn txn(&self, req: TxnRequest) -> EtcdResult<TxnResponse> {
+        METRICS.mvcc_txn.inc();
         let mut resp = if txn_is_read_only(&req) {
             if !txn_is_serializable(&req) {
                 self.raft.read_index().await?;
@@ -290,6 +316,10 @@ impl Member {
             db_size_quota: self.limits.quota_backend_bytes,
             downgrade_info: None,
         })
+    }
+
+    pub fn active_alarms(&self) -> Vec<crate::proto::etcdserverpb::AlarmMember> {
+        self.alarms.list(AlarmType::None)
     }
 
     fn status_errors(&self, raft: &RaftStatus) -> Vec<String> {

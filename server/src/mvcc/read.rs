@@ -184,8 +184,9 @@ pub fn execute_range(source: &mut dyn KvSource, req: &RangeRequest) -> EtcdResul
         req.revision
     };
     let range = KeyRange::new(&req.key, &req.range_end);
-    let sort_order = effective_sort_order(req);
-    let needs_every_match = sort_order != SortOrder::None
+    // As etcd: only an explicit sort order fetches every match; a non-key target with order
+    // NONE sorts just the first `limit + 1` keys.
+    let needs_every_match = req.sort_order() != SortOrder::None
         || req.min_mod_revision != 0
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
@@ -206,6 +207,7 @@ pub fn execute_range(source: &mut dyn KvSource, req: &RangeRequest) -> EtcdResul
     })?;
 
     kvs.retain(|kv| passes_revision_filters(req, kv));
+    let sort_order = effective_sort_order(req);
     if sort_order != SortOrder::None {
         sort_key_values(&mut kvs, req.sort_target(), sort_order);
     }

@@ -11,6 +11,7 @@ use super::log_store::LogStore;
 use super::snapshot::SnapshotStore;
 use super::state_machine::StateMachine;
 use super::types::TypeConfig;
+use crate::lease::Lessor;
 use crate::member::applier::Applier;
 use crate::mvcc::MvccStore;
 use crate::storage::{Storage, WalSyncer};
@@ -27,7 +28,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         let storage = Storage::open(&dir.path().join("db")).map_err(storage_error)?;
         let syncer = WalSyncer::start(storage.clone()).map_err(storage_error)?;
         let store = MvccStore::open(storage.clone()).map_err(storage_error)?;
-        let applier = Arc::new(Applier::new(store).map_err(storage_error)?);
+        let lessor = Arc::new(Lessor::load(storage.clone(), 2).map_err(storage_error)?);
+        let applier = Arc::new(Applier::new(store, lessor).map_err(storage_error)?);
         let snapshots = SnapshotStore::new(dir.path().join("snap")).map_err(storage_error)?;
         let state_machine = StateMachine::open(applier, snapshots).map_err(storage_error)?;
         Ok((dir, LogStore::new(storage, syncer), state_machine))

@@ -273,6 +273,16 @@ impl WatchHub {
         }
     }
 
+    /// (streams, watchers, unsynced watchers), for metrics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        (
+            state.streams.len(),
+            state.watchers.len(),
+            state.unsynced.len(),
+        )
+    }
+
     /// The data underneath was replaced (snapshot install): everyone catches up from storage.
     pub fn reset(&self, current: i64) {
         let mut state = self.lock();

@@ -1,0 +1,303 @@
+//! Latency histograms, error counts and the report every load mode produces.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Distinct error texts kept per run; further kinds are counted under one "other" row.
+const MAX_ERROR_KINDS: usize = 20;
+/// Error texts are cut to this many characters.
+const MAX_ERROR_TEXT: usize = 200;
+
+/// One worker's measurements; merged into a [`Report`] at the end of a run.
+pub struct Recorder {
+    pub hist: Histogram<u64>,
+    pub errors: ErrorCounts,
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            // 1 µs .. 10 min, 3 significant digits.
+            hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            errors: ErrorCounts::default(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        self.record_micros(latency.as_micros() as u64);
+    }
+
+    pub fn record_micros(&mut self, micros: u64) {
+        self.hist.saturating_record(micros.max(1));
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.errors.add(text.into(), 1);
+    }
+
+    pub fn count(&mut self, name: &'static str, n: u64) {
+        *self.counters.entry(name).or_insert(0) += n;
+    }
+
+    pub fn merge(&mut self, other: Recorder) {
+        self.hist.add(&other.hist).expect("histograms share bounds");
+        for (text, n) in other.errors.kinds {
+            self.errors.add(text, n);
+        }
+        for (name, n) in other.counters {
+            *self.counters.entry(name).or_insert(0) += n;
+        }
+    }
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+/// Errors by text: every error is counted in `total`, the first texts are kept verbatim.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ErrorCounts {
+    pub total: u64,
+    pub kinds: BTreeMap<String, u64>,
+}
+
+impl ErrorCounts {
+    pub fn add(&mut self, mut text: String, n: u64) {
+        self.total += n;
+        if text.chars().count() > MAX_ERROR_TEXT {
+            text = text.chars().take(MAX_ERROR_TEXT).collect::<String>() + "…";
+        }
+        if !self.kinds.contains_key(&text) && self.kinds.len() >= MAX_ERROR_KINDS {
+            text = "(other error kinds)".to_string();
+        }
+        *self.kinds.entry(text).or_insert(0) += n;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The run completed (it may still have counted errors).
+    Ok,
+    /// The server answered `Unimplemented` for the API this mode needs.
+    Unsupported,
+    /// The run could not be carried out (no connection, setup failed, ...).
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    pub fn from_hist(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Latency {
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// The result of one load run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub mode: String,
+    pub status: Status,
+    /// Why the run is unsupported or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub conns: usize,
+    pub clients: usize,
+    /// Successful operations (for `watch`: events delivered).
+    pub ops: u64,
+    pub elapsed_secs: f64,
+    pub ops_per_sec: f64,
+    /// What one operation is, e.g. "put", "update", "event".
+    pub unit: String,
+    pub latency: Latency,
+    pub errors: ErrorCounts,
+    /// Mode-specific counts: CAS conflicts, puts behind a watch run, ...
+    pub counters: BTreeMap<String, f64>,
+}
+
+impl Report {
+    pub fn from_recorder(
+        mode: &str,
+        unit: &str,
+        conns: usize,
+        clients: usize,
+        rec: Recorder,
+        ops: u64,
+        elapsed: Duration,
+    ) -> Report {
+        let secs = elapsed.as_secs_f64();
+        Report {
+            mode: mode.to_string(),
+            status: Status::Ok,
+            detail: None,
+            conns,
+            clients,
+            ops,
+            elapsed_secs: secs,
+            ops_per_sec: if secs > 0.0 { ops as f64 / secs } else { 0.0 },
+            unit: unit.to_string(),
+            latency: Latency::from_hist(&rec.hist),
+            errors: rec.errors,
+            counters: rec
+                .counters
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v as f64))
+                .collect(),
+        }
+    }
+
+    pub fn not_run(mode: &str, status: Status, detail: String, conns: usize, clients: usize) -> Report {
+        Report {
+            mode: mode.to_string(),
+            status,
+            detail: Some(detail),
+            conns,
+            clients,
+            ops: 0,
+            elapsed_secs: 0.0,
+            ops_per_sec: 0.0,
+            unit: String::new(),
+            latency: Latency::default(),
+            errors: ErrorCounts::default(),
+            counters: BTreeMap::new(),
+        }
+    }
+
+    /// A few lines for a person.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        match self.status {
+            Status::Unsupported => {
+                let _ = writeln!(
+                    out,
+                    "{}: unsupported by this server ({})",
+                    self.mode,
+                    self.detail.as_deref().unwrap_or("")
+                );
+                return out;
+            }
+            Status::Failed => {
+                let _ = writeln!(
+                    out,
+                    "{}: FAILED: {}",
+                    self.mode,
+                    self.detail.as_deref().unwrap_or("")
+                );
+            }
+            Status::Ok => {}
+        }
+        let _ = writeln!(
+            out,
+            "{}: {} {}s in {:.2} s = {:.1} {}s/s (clients {}, conns {}), errors: {}",
+            self.mode,
+            self.ops,
+            self.unit,
+            self.elapsed_secs,
+            self.ops_per_sec,
+            self.unit,
+            self.clients,
+            self.conns,
+            self.errors.total,
+        );
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "  latency ms: mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+        );
+        for (name, value) in &self.counters {
+            let _ = writeln!(out, "  {name}: {}", fmt_num(*value));
+        }
+        for (text, n) in &self.errors.kinds {
+            let _ = writeln!(out, "  error x{n}: {text}");
+        }
+        out
+    }
+}
+
+pub fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The text of an etcd-client error, with the gRPC code spelled out when there is one.
+pub fn error_text(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+/// Whether the server said it does not implement the called method.
+pub fn is_unimplemented(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unimplemented)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unimplemented_is_recognised() {
+        let e = etcd_client::Error::GRpcStatus(tonic::Status::unimplemented("no watch here"));
+        assert!(is_unimplemented(&e));
+        assert_eq!(error_text(&e), "Unimplemented: no watch here");
+        let other = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert!(!is_unimplemented(&other));
+    }
+
+    #[test]
+    fn error_kinds_are_bounded_but_totals_exact() {
+        let mut c = ErrorCounts::default();
+        for i in 0..100 {
+            c.add(format!("error {i}"), 2);
+        }
+        assert_eq!(c.total, 200);
+        assert_eq!(c.kinds.len(), MAX_ERROR_KINDS + 1);
+        assert_eq!(c.kinds.values().sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn report_from_recorder() {
+        let mut r = Recorder::new();
+        for ms in 1..=100u64 {
+            r.record(Duration::from_millis(ms));
+        }
+        r.error("Unavailable: etcdserver: request timed out");
+        let rep = Report::from_recorder("put", "put", 1, 1, r, 100, Duration::from_secs(2));
+        assert_eq!(rep.ops_per_sec, 50.0);
+        assert!((rep.latency.p50_ms - 50.0).abs() < 0.1);
+        assert!((rep.latency.p99_ms - 99.0).abs() < 0.1);
+        assert_eq!(rep.errors.total, 1);
+    }
+}

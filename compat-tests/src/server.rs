@@ -1,0 +1,422 @@
+//! One member process (keelson or etcd) on free loopback ports with its own data directory.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use tempfile::TempDir;
+
+/// The log line both etcd and keelson print once clients may connect.
+pub const READY_LINE: &str = "ready to serve client requests";
+/// How long a member may take to become ready after it is started.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Member name passed with `--name` unless a test picks another one.
+pub const DEFAULT_MEMBER_NAME: &str = "compat";
+/// The gRPC deadline of the clients that [`Server::client`] builds.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const LOG_TAIL_LINES: usize = 40;
+/// Ports are picked by binding port 0 and releasing it, so another process may take one
+/// before the member binds it; such a start is retried on new ports this many times.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Which implementation a test talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    Keelson,
+    Etcd,
+}
+
+impl ServerKind {
+    /// `COMPAT_SERVER` = `keelson` (default) or `etcd`.
+    pub fn from_env() -> Self {
+        match std::env::var("COMPAT_SERVER").as_deref() {
+            Err(_) | Ok("") | Ok("keelson") => ServerKind::Keelson,
+            Ok("etcd") => ServerKind::Etcd,
+            Ok(other) => panic!("COMPAT_SERVER must be `keelson` or `etcd`, not {other:?}"),
+        }
+    }
+
+    /// The executable started for this kind.
+    pub fn binary(self) -> PathBuf {
+        match self {
+            ServerKind::Keelson => keelson_binary(),
+            ServerKind::Etcd => etcd_binary(),
+        }
+    }
+
+    /// Whether the executable exists, so that a test can fall back to another kind.
+    pub fn is_available(self) -> bool {
+        self.binary().is_file()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Keelson => "keelson",
+            ServerKind::Etcd => "etcd",
+        }
+    }
+}
+
+/// `KEELSON_BIN`, or `keelson` in the profile directory of the running test executable
+/// (`<target>/<profile>/deps/<test>` → `<target>/<profile>/keelson`).
+pub fn keelson_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEELSON_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the path of the running test executable");
+    let exe_dir = exe
+        .parent()
+        .expect("the test executable lives in a directory");
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir.parent().expect("a deps directory has a parent")
+    } else {
+        exe_dir
+    };
+    profile_dir.join("keelson")
+}
+
+/// `ETCD_BIN`, or Debian's `/usr/bin/etcd`.
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+/// How to start a member.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub kind: ServerKind,
+    pub name: String,
+    /// Flags appended after the cluster flags, e.g. `["--max-txn-ops", "8"]`.
+    pub extra_args: Vec<String>,
+    pub start_timeout: Duration,
+}
+
+impl ServerOptions {
+    pub fn new(kind: ServerKind) -> Self {
+        ServerOptions {
+            kind,
+            name: DEFAULT_MEMBER_NAME.to_string(),
+            extra_args: Vec::new(),
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+
+    /// The kind chosen by `COMPAT_SERVER`.
+    pub fn from_env() -> Self {
+        Self::new(ServerKind::from_env())
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+/// Why a launch failed; `port_in_use` makes [`Server::start`] retry on other ports.
+#[derive(Debug)]
+struct LaunchError {
+    message: String,
+    port_in_use: bool,
+}
+
+/// A running member. Dropping it kills the process and removes its data directory.
+pub struct Server {
+    options: ServerOptions,
+    client_port: u16,
+    peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    launches: u32,
+}
+
+impl Server {
+    /// Starts a member and waits until it prints [`READY_LINE`] and answers a Range.
+    /// Panics with the log tail when it exits early or is not ready in time.
+    pub async fn start(options: ServerOptions) -> Server {
+        let mut last_error = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let mut server = Server::prepare(options.clone());
+            match server.launch().await {
+                Ok(()) => return server,
+                Err(error) if error.port_in_use => last_error = error.message,
+                Err(error) => panic!("{}", error.message),
+            }
+        }
+        panic!("no free ports after {PORT_ATTEMPTS} attempts; last failure: {last_error}");
+    }
+
+    /// Starts the member chosen by `COMPAT_SERVER` with default flags.
+    pub async fn start_default() -> Server {
+        Self::start(ServerOptions::from_env()).await
+    }
+
+    /// Starts the process again on the same data directory and ports (after a SIGKILL if
+    /// it is still running), and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill();
+        if let Err(error) = self.launch().await {
+            panic!("restart failed: {}", error.message);
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // An error here means the process already exited, which is what we want.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn kind(&self) -> ServerKind {
+        self.options.kind
+    }
+
+    pub fn name(&self) -> &str {
+        &self.options.name
+    }
+
+    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The log of the current (or last) launch.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("server-{}.log", self.launches))
+    }
+
+    /// The last lines of the current log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// A client with a connect timeout and a per-request deadline.
+    pub async fn client(&self) -> Client {
+        self.client_with(default_connect_options()).await
+    }
+
+    pub async fn client_with(&self, options: ConnectOptions) -> Client {
+        Client::connect([self.endpoint()], Some(options))
+            .await
+            .unwrap_or_else(|error| panic!("connect to {}: {error}", self.endpoint()))
+    }
+
+    fn prepare(options: ServerOptions) -> Server {
+        let (client_port, peer_port) = two_free_ports();
+        let dir = tempfile::Builder::new()
+            .prefix("keelson-compat-")
+            .tempdir()
+            .expect("create a temporary directory for the member");
+        Server {
+            options,
+            client_port,
+            peer_port,
+            dir,
+            child: None,
+            launches: 0,
+        }
+    }
+
+    fn command_args(&self) -> Vec<String> {
+        let name = &self.options.name;
+        let client_url = self.client_url();
+        let peer_url = self.peer_url();
+        let mut args = vec![
+            "--name".to_string(),
+            name.clone(),
+            "--data-dir".to_string(),
+            self.data_dir().display().to_string(),
+            "--listen-client-urls".to_string(),
+            client_url.clone(),
+            "--advertise-client-urls".to_string(),
+            client_url,
+            "--listen-peer-urls".to_string(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".to_string(),
+            peer_url.clone(),
+            "--initial-cluster".to_string(),
+            format!("{name}={peer_url}"),
+        ];
+        args.extend(self.options.extra_args.iter().cloned());
+        args
+    }
+
+    async fn launch(&mut self) -> Result<(), LaunchError> {
+        self.launches += 1;
+        let binary = self.options.kind.binary();
+        let log = File::create(self.log_path()).expect("create the member's log file");
+        let log_for_stdout = log.try_clone().expect("duplicate the log file handle");
+        let mut command = Command::new(&binary);
+        command
+            .args(self.command_args())
+            .stdin(Stdio::null())
+            .stdout(log_for_stdout)
+            .stderr(log);
+        for name in inherited_env_names("ETCD_") {
+            command.env_remove(name);
+        }
+        let child = command.spawn().map_err(|error| LaunchError {
+            message: format!(
+                "cannot start {} from {}: {error} (set {} to its path)",
+                self.options.kind.name(),
+                binary.display(),
+                match self.options.kind {
+                    ServerKind::Keelson => "KEELSON_BIN",
+                    ServerKind::Etcd => "ETCD_BIN",
+                }
+            ),
+            port_in_use: false,
+        })?;
+        self.child = Some(child);
+        self.wait_until_ready().await
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<(), LaunchError> {
+        let timeout = self.options.start_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Err(self.launch_error(format!("exited with {status} before it was ready")));
+            }
+            if self.log_contains(READY_LINE) && self.answers_range().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let mut error = self.launch_error(format!(
+                    "not ready after {timeout:?} (waiting for `{READY_LINE}` in its log and an \
+                     answer to a Range)"
+                ));
+                // Only a member that exited failed to bind; one still running is stuck.
+                error.port_in_use = false;
+                self.kill();
+                return Err(error);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().expect("query the member process status")
+    }
+
+    fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.log_path())
+            .map(|log| log.contains(needle))
+            .unwrap_or(false)
+    }
+
+    async fn answers_range(&self) -> bool {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(PROBE_TIMEOUT);
+        let probe = async {
+            let mut client = Client::connect([self.endpoint()], Some(options)).await?;
+            client.get("compat-readiness-probe", None).await
+        };
+        matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+    }
+
+    fn launch_error(&self, what: String) -> LaunchError {
+        let tail = self.log_tail();
+        LaunchError {
+            port_in_use: tail.to_lowercase().contains("address already in use"),
+            message: format!(
+                "{} {} (client {}, peer {}, data {}) {what}; last lines of {}:\n{tail}",
+                self.options.kind.name(),
+                self.options.name,
+                self.client_url(),
+                self.peer_url(),
+                self.data_dir().display(),
+                self.log_path().display(),
+            ),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The options of [`Server::client`]: bounded connects and requests.
+pub fn default_connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(CLIENT_REQUEST_TIMEOUT)
+}
+
+fn two_free_ports() -> (u16, u16) {
+    // Both listeners stay open until both ports are known, so the two differ.
+    let first = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    let second = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    (port_of(&first), port_of(&second))
+}
+
+fn port_of(listener: &TcpListener) -> u16 {
+    listener
+        .local_addr()
+        .expect("local address of a bound listener")
+        .port()
+}
+
+/// Names of this process's environment variables that start with `prefix`: variables such as
+/// `ETCD_BIN` or `ETCDCTL_ENDPOINTS` must not reach a child that reads them as its own
+/// configuration.
+pub(crate) fn inherited_env_names(prefix: &str) -> Vec<OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| name.to_string_lossy().starts_with(prefix))
+        .collect()
+}
