@@ -19,7 +19,8 @@ use crate::server::{inherited_env_names, Server, ServerOptions};
 /// `--heartbeat-interval 10 --election-timeout 100`: etcd's minimum lease TTL is
 /// ceil(1.5 × election timeout) = 1 s instead of 2 s with the defaults, so expiry tests can use
 /// short TTLs. A single member never loses its leadership, so short timeouts are harmless.
-pub const FAST_ELECTION_ARGS: [&str; 4] = ["--heartbeat-interval", "10", "--election-timeout", "100"];
+pub const FAST_ELECTION_ARGS: [&str; 4] =
+    ["--heartbeat-interval", "10", "--election-timeout", "100"];
 /// The minimum TTL under [`FAST_ELECTION_ARGS`].
 pub const FAST_MIN_TTL: i64 = 1;
 /// The minimum TTL under etcd's default timings (heartbeat 100 ms, election 1000 ms).
@@ -92,8 +93,15 @@ pub async fn time_to_live(client: &mut Client, id: i64, with_keys: bool) -> Time
         .lease_time_to_live(id, options)
         .await
         .unwrap_or_else(|error| panic!("LeaseTimeToLive {id}: {error}"));
-    assert!(response.header().is_some(), "LeaseTimeToLive carries a header");
-    assert_eq!(response.id(), id, "LeaseTimeToLive answers with the asked ID");
+    assert!(
+        response.header().is_some(),
+        "LeaseTimeToLive carries a header"
+    );
+    assert_eq!(
+        response.id(),
+        id,
+        "LeaseTimeToLive answers with the asked ID"
+    );
     let mut keys: Vec<String> = response.keys().iter().map(|k| bytes_text(k)).collect();
     keys.sort();
     TimeToLive {
@@ -142,7 +150,10 @@ pub async fn watch_created(client: &mut Client, key: &str, options: WatchOptions
         .unwrap_or_else(|_| panic!("no `created` answer to the watch on {key} within 10 s"))
         .unwrap_or_else(|error| panic!("watch {key}: {error}"))
         .unwrap_or_else(|| panic!("the watch stream on {key} closed before `created`"));
-    assert!(created.created(), "the first answer to a watch is `created`");
+    assert!(
+        created.created(),
+        "the first answer to a watch is `created`"
+    );
     stream
 }
 
@@ -185,7 +196,11 @@ pub async fn collect_deletes(
             .unwrap_or_else(|error| panic!("watch stream failed: {error}"))
             .unwrap_or_else(|| panic!("watch stream closed after {} DELETE events", seen.len()));
         let at = Instant::now();
-        assert!(!message.canceled(), "watch canceled: {}", message.cancel_reason());
+        assert!(
+            !message.canceled(),
+            "watch canceled: {}",
+            message.cancel_reason()
+        );
         let header_revision = message.header().map(|h| h.revision()).unwrap_or(-1);
         for event in message.events() {
             let kv = event.kv().expect("every event carries a kv");
@@ -211,7 +226,12 @@ pub async fn collect_deletes(
                 response: responses,
                 header_revision,
                 at,
-                other_fields: (kv.create_revision(), kv.version(), kv.lease(), kv.value().len()),
+                other_fields: (
+                    kv.create_revision(),
+                    kv.version(),
+                    kv.lease(),
+                    kv.value().len(),
+                ),
             });
         }
         if !message.events().is_empty() {
@@ -309,17 +329,40 @@ pub async fn raw_keep_alive(server: &Server, ids: &[i64]) -> Vec<KeepAliveAnswer
                 }
             }
         }
-        assert_eq!(
-            status.as_deref(),
-            Some("0"),
-            "LeaseKeepAlive ended with grpc-status {status:?} ({message:?})"
-        );
-        data
+        (data, status, message.map(|m| percent_decode(&m)))
     };
-    let data = tokio::time::timeout(Duration::from_secs(30), io)
+    let (data, status, message) = tokio::time::timeout(Duration::from_secs(30), io)
         .await
         .expect("the raw LeaseKeepAlive stream did not end within 30 s of closing its side");
-    decode_keep_alive_answers(&data)
+    let answers = decode_keep_alive_answers(&data);
+    assert_eq!(
+        status.as_deref(),
+        Some("0"),
+        "LeaseKeepAlive of {ids:?} ended with grpc-status {status:?}, grpc-message {message:?}, \
+         after {} answers: {answers:?}",
+        answers.len()
+    );
+    answers
+}
+
+/// grpc-message is percent-encoded.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], text.get(i + 1..i + 3)) {
+            (b'%', Some(hex)) if u8::from_str_radix(hex, 16).is_ok() => {
+                out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {

@@ -12,13 +12,13 @@ use compat_tests::grpc::Code;
 use compat_tests::kv::{current_revision, header_revision};
 use compat_tests::lease::{
     collect_deletes, fast_options, grant, grant_id, key_exists, lease_exists, lease_ids,
-    poll_until, raw_keep_alive, time_to_live, watch_created, FAST_ELECTION_ARGS, FAST_MIN_TTL,
-    DEFAULT_MIN_TTL, LEASE_EXISTS, LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL,
+    poll_until, raw_keep_alive, time_to_live, watch_created, DEFAULT_MIN_TTL, FAST_ELECTION_ARGS,
+    FAST_MIN_TTL, LEASE_EXISTS, LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL,
 };
 use compat_tests::{assert_grpc_error, messages, Server, ServerOptions};
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions,
-    PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, LeaseGrantOptions, PutOptions, Txn,
+    TxnOp, WatchFilterType, WatchOptions,
 };
 
 /// What the scheduler of a loaded test machine may add on top of a deadline.
@@ -51,7 +51,11 @@ async fn grant_with_id_zero_picks_unique_positive_ids() {
     let mut ids = HashSet::new();
     for _ in 0..20 {
         let response = client.lease_grant(600, None).await.expect("grant");
-        assert!(response.id() > 0, "a server-picked ID is positive: {}", response.id());
+        assert!(
+            response.id() > 0,
+            "a server-picked ID is positive: {}",
+            response.id()
+        );
         assert_eq!(response.ttl(), 600, "granted TTL");
         assert_eq!(response.error(), "", "no error text in a successful grant");
         assert_eq!(
@@ -59,7 +63,11 @@ async fn grant_with_id_zero_picks_unique_positive_ids() {
             before,
             "a grant does not change the store's revision"
         );
-        assert!(ids.insert(response.id()), "ID {:x} given twice", response.id());
+        assert!(
+            ids.insert(response.id()),
+            "ID {:x} given twice",
+            response.id()
+        );
     }
     // Concurrent grants from several connections must not collide either.
     let mut tasks = Vec::new();
@@ -81,8 +89,16 @@ async fn grant_with_id_zero_picks_unique_positive_ids() {
     }
     let mut expected: Vec<i64> = ids.into_iter().collect();
     expected.sort_unstable();
-    assert_eq!(lease_ids(&mut client).await, expected, "LeaseLeases lists every grant");
-    assert_eq!(current_revision(&mut client).await, before, "grants left the revision alone");
+    assert_eq!(
+        lease_ids(&mut client).await,
+        expected,
+        "LeaseLeases lists every grant"
+    );
+    assert_eq!(
+        current_revision(&mut client).await,
+        before,
+        "grants left the revision alone"
+    );
 }
 
 #[tokio::test]
@@ -104,13 +120,20 @@ async fn grant_with_a_chosen_id_and_a_taken_id() {
         LEASE_EXISTS,
     );
     let ttl = time_to_live(&mut client, 4242, false).await;
-    assert_eq!(ttl.granted_ttl, 600, "a refused grant leaves the lease as it was");
+    assert_eq!(
+        ttl.granted_ttl, 600,
+        "a refused grant leaves the lease as it was"
+    );
 
     // A server-picked ID never lands on a taken one, and a revoked ID can be granted again.
     let picked = grant(&mut client, 600).await;
     assert_ne!(picked, 4242);
     client.lease_revoke(4242).await.expect("revoke");
-    assert_eq!(grant_id(&mut client, 60, 4242).await, 4242, "a revoked ID is free again");
+    assert_eq!(
+        grant_id(&mut client, 60, 4242).await,
+        4242,
+        "a revoked ID is free again"
+    );
     assert_eq!(time_to_live(&mut client, 4242, false).await.granted_ttl, 60);
 }
 
@@ -150,9 +173,15 @@ async fn grant_ttl_limits_are_etcds() {
         Code::OutOfRange,
         LEASE_TTL_TOO_LARGE,
     );
-    assert!(!lease_exists(&mut client, 7).await, "a refused grant creates nothing");
+    assert!(
+        !lease_exists(&mut client, 7).await,
+        "a refused grant creates nothing"
+    );
 
-    let largest = client.lease_grant(MAX_LEASE_TTL, None).await.expect("the largest TTL");
+    let largest = client
+        .lease_grant(MAX_LEASE_TTL, None)
+        .await
+        .expect("the largest TTL");
     assert_eq!(largest.ttl(), MAX_LEASE_TTL);
     let ttl = time_to_live(&mut client, largest.id(), false).await;
     assert_eq!(ttl.granted_ttl, MAX_LEASE_TTL);
@@ -234,16 +263,25 @@ async fn revoke_deletes_every_attached_key_in_one_revision() {
     let keys = ["rv/a", "rv/b", "rv/c", "rv/d", "rv/e"];
     let mut put_revisions = BTreeMap::new();
     for key in keys {
-        put_revisions.insert(key, put_leased(&mut client, key, &format!("v-{key}"), lease).await);
+        put_revisions.insert(
+            key,
+            put_leased(&mut client, key, &format!("v-{key}"), lease).await,
+        );
     }
-    client.put("rv/plain", "x", None).await.expect("put without lease");
+    client
+        .put("rv/plain", "x", None)
+        .await
+        .expect("put without lease");
     put_leased(&mut client, "rv/other", "y", other).await;
     let before = current_revision(&mut client).await;
 
     let mut watch = watch_created(
         &mut client,
         "rv/",
-        WatchOptions::new().with_prefix().with_prev_key().with_start_revision(before + 1),
+        WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(before + 1),
     )
     .await;
     let response = client.lease_revoke(lease).await.expect("revoke");
@@ -258,8 +296,16 @@ async fn revoke_deletes_every_attached_key_in_one_revision() {
     seen_keys.sort();
     assert_eq!(seen_keys, keys, "one DELETE per attached key, nothing else");
     for delete in &deletes {
-        assert_eq!(delete.mod_revision, before + 1, "DELETE {} revision", delete.key);
-        assert_eq!(delete.response, 0, "all DELETEs of one revision arrive in one response");
+        assert_eq!(
+            delete.mod_revision,
+            before + 1,
+            "DELETE {} revision",
+            delete.key
+        );
+        assert_eq!(
+            delete.response, 0,
+            "all DELETEs of one revision arrive in one response"
+        );
         let prev = delete.prev.as_ref().expect("prev_kv on a DELETE");
         assert_eq!(
             (prev.0.as_str(), prev.1.clone(), prev.3, prev.5),
@@ -273,13 +319,28 @@ async fn revoke_deletes_every_attached_key_in_one_revision() {
             delete.key
         );
     }
-    assert_eq!(current_revision(&mut client).await, before + 1, "exactly one revision");
+    assert_eq!(
+        current_revision(&mut client).await,
+        before + 1,
+        "exactly one revision"
+    );
     for key in keys {
         assert!(!key_exists(&mut client, key).await, "{key} deleted");
     }
-    assert!(key_exists(&mut client, "rv/plain").await, "a key without lease stays");
-    assert_eq!(lease_of(&mut client, "rv/other").await, Some(other), "another lease's key stays");
-    assert_eq!(time_to_live(&mut client, lease, true).await.ttl, -1, "the lease is gone");
+    assert!(
+        key_exists(&mut client, "rv/plain").await,
+        "a key without lease stays"
+    );
+    assert_eq!(
+        lease_of(&mut client, "rv/other").await,
+        Some(other),
+        "another lease's key stays"
+    );
+    assert_eq!(
+        time_to_live(&mut client, lease, true).await.ttl,
+        -1,
+        "the lease is gone"
+    );
     assert_eq!(lease_ids(&mut client).await, vec![other]);
 }
 
@@ -291,7 +352,11 @@ async fn revoking_a_lease_without_keys_leaves_the_revision() {
     let lease = grant(&mut client, 600).await;
     let before = current_revision(&mut client).await;
     let response = client.lease_revoke(lease).await.expect("revoke");
-    assert_eq!(header_revision(response.header()), before, "nothing was deleted");
+    assert_eq!(
+        header_revision(response.header()),
+        before,
+        "nothing was deleted"
+    );
     assert_eq!(current_revision(&mut client).await, before);
     assert!(!lease_exists(&mut client, lease).await);
 }
@@ -339,10 +404,20 @@ async fn keep_alive_keeps_a_lease_alive_past_its_ttl() {
             .expect("a keep-alive answer within 5 s")
             .expect("keep-alive stream")
             .expect("keep-alive stream still open");
-        assert_eq!((answer.id(), answer.ttl()), (lease, TTL), "keep-alive answer");
-        assert!(answer.header().is_some(), "keep-alive answers carry a header");
+        assert_eq!(
+            (answer.id(), answer.ttl()),
+            (lease, TTL),
+            "keep-alive answer"
+        );
+        assert!(
+            answer.header().is_some(),
+            "keep-alive answers carry a header"
+        );
     }
-    assert!(key_exists(&mut client, "ka/key").await, "the key outlived its TTL");
+    assert!(
+        key_exists(&mut client, "ka/key").await,
+        "the key outlived its TTL"
+    );
     let remaining = time_to_live(&mut client, lease, false).await.ttl;
     assert!((0..=TTL).contains(&remaining), "remaining TTL {remaining}");
 
@@ -362,31 +437,53 @@ async fn keep_alive_keeps_a_lease_alive_past_its_ttl() {
         "expired {:?} after the last keep-alive, before its TTL",
         stopped.elapsed()
     );
-    assert!(!key_exists(&mut client, "ka/key").await, "expiry deleted the key");
-    keeper.keep_alive().await.expect("send a keep-alive for the expired lease");
+    assert!(
+        !key_exists(&mut client, "ka/key").await,
+        "expiry deleted the key"
+    );
+    keeper
+        .keep_alive()
+        .await
+        .expect("send a keep-alive for the expired lease");
     let answer = tokio::time::timeout(Duration::from_secs(5), answers.message())
         .await
         .expect("an answer within 5 s")
         .expect("keep-alive stream")
         .expect("keep-alive stream still open");
-    assert_eq!((answer.id(), answer.ttl()), (lease, 0), "an expired lease is answered TTL 0");
+    assert_eq!(
+        (answer.id(), answer.ttl()),
+        (lease, 0),
+        "an expired lease is answered TTL 0"
+    );
 }
 
 #[tokio::test]
 async fn keep_alive_of_a_lease_older_than_a_checkpoint_answers_its_ttl() {
     // keelson records remaining TTLs through raft every 5 s for leases that aged 5 s, and a
     // keep-alive clears such a record through raft before answering. After 13 s a lease of
-    // 20 s has certainly been recorded once; the keep-alive must still just answer TTL 20.
+    // 20 s has certainly been recorded once; a keep-alive must still just answer TTL 20, on a
+    // stream of many leases as on a stream of one.
     const TTL: i64 = 20;
     let server = Server::start_default().await;
     let mut client = server.client().await;
+    for id in [1, 2] {
+        grant_id(&mut client, TTL, id).await;
+    }
     let lease = grant(&mut client, TTL).await;
     put_leased(&mut client, "old/k", "v", lease).await;
-    poll_until(Duration::from_secs(16), "the lease aged 13 s", || {
+    poll_until(Duration::from_secs(16), "the leases aged 13 s", || {
         let mut client = client.clone();
         async move { (time_to_live(&mut client, lease, false).await.ttl <= TTL - 13).then_some(()) }
     })
     .await;
+
+    let answers = raw_keep_alive(&server, &[1, 2]).await;
+    let answers: Vec<(i64, i64)> = answers.iter().map(|a| (a.id, a.ttl)).collect();
+    assert_eq!(
+        answers,
+        [(1, TTL), (2, TTL)],
+        "keep-alives of two old leases on one stream"
+    );
 
     let (mut keeper, mut answers) = client
         .lease_keep_alive(lease)
@@ -399,8 +496,13 @@ async fn keep_alive_of_a_lease_older_than_a_checkpoint_answers_its_ttl() {
         .expect("the keep-alive stream stays up")
         .expect("the keep-alive stream stays open");
     assert_eq!((answer.id(), answer.ttl()), (lease, TTL));
-    let remaining = time_to_live(&mut client, lease, false).await.ttl;
-    assert!(remaining >= TTL - 1, "renewed: {remaining} s left");
+    for id in [1, 2, lease] {
+        let remaining = time_to_live(&mut client, id, false).await.ttl;
+        assert!(
+            remaining >= TTL - 1,
+            "lease {id:x} renewed: {remaining} s left"
+        );
+    }
 }
 
 #[tokio::test]
@@ -427,7 +529,11 @@ async fn keep_alive_stream_carries_many_leases() {
     let mut sent = live.clone();
     sent.extend([99, 20, 5]);
     let answers = raw_keep_alive(&server, &sent).await;
-    assert_eq!(answers.len(), sent.len(), "one answer per request: {answers:?}");
+    assert_eq!(
+        answers.len(),
+        sent.len(),
+        "one answer per request: {answers:?}"
+    );
     for (asked, answer) in sent.iter().zip(&answers) {
         let expected_ttl = if live.contains(asked) { TTL } else { 0 };
         assert_eq!(
@@ -435,14 +541,24 @@ async fn keep_alive_stream_carries_many_leases() {
             (*asked, expected_ttl),
             "answer to a keep-alive of lease {asked} (99: never granted, 20: revoked)"
         );
-        assert_eq!(answer.header_revision, Some(revision), "header of the answer to {asked}");
+        assert_eq!(
+            answer.header_revision,
+            Some(revision),
+            "header of the answer to {asked}"
+        );
         assert_ne!(answer.header_member_id, Some(0), "member_id in the header");
     }
     for &id in &live {
         let remaining = time_to_live(&mut client, id, false).await.ttl;
-        assert!(remaining >= TTL - 1, "lease {id} renewed: remaining {remaining}");
+        assert!(
+            remaining >= TTL - 1,
+            "lease {id} renewed: remaining {remaining}"
+        );
     }
-    assert!(!lease_exists(&mut client, 99).await, "a keep-alive creates no lease");
+    assert!(
+        !lease_exists(&mut client, 99).await,
+        "a keep-alive creates no lease"
+    );
 }
 
 #[tokio::test]
@@ -474,8 +590,16 @@ async fn time_to_live_with_and_without_keys() {
 
     let plain = time_to_live(&mut client, lease, false).await;
     assert_eq!(plain.granted_ttl, 30);
-    assert!((28..=30).contains(&plain.ttl), "remaining TTL right after grant: {}", plain.ttl);
-    assert!(plain.keys.is_empty(), "no keys unless asked: {:?}", plain.keys);
+    assert!(
+        (28..=30).contains(&plain.ttl),
+        "remaining TTL right after grant: {}",
+        plain.ttl
+    );
+    assert!(
+        plain.keys.is_empty(),
+        "no keys unless asked: {:?}",
+        plain.keys
+    );
 
     let with_keys = time_to_live(&mut client, lease, true).await;
     assert_eq!(with_keys.granted_ttl, 30);
@@ -486,7 +610,10 @@ async fn time_to_live_with_and_without_keys() {
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut last = first;
     while last == first {
-        assert!(Instant::now() < deadline, "the remaining TTL stayed {first} for 4 s");
+        assert!(
+            Instant::now() < deadline,
+            "the remaining TTL stayed {first} for 4 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = time_to_live(&mut client, lease, false).await.ttl;
         assert!(now <= last, "remaining TTL went up from {last} to {now}");
@@ -503,14 +630,22 @@ async fn time_to_live_with_and_without_keys() {
         );
     }
     client.lease_revoke(lease).await.expect("revoke");
-    assert_eq!(time_to_live(&mut client, lease, true).await.ttl, -1, "revoked lease");
+    assert_eq!(
+        time_to_live(&mut client, lease, true).await.ttl,
+        -1,
+        "revoked lease"
+    );
 }
 
 #[tokio::test]
 async fn leases_lists_the_live_leases() {
     let server = Server::start_default().await;
     let mut client = server.client().await;
-    assert_eq!(lease_ids(&mut client).await, Vec::<i64>::new(), "a fresh server has none");
+    assert_eq!(
+        lease_ids(&mut client).await,
+        Vec::<i64>::new(),
+        "a fresh server has none"
+    );
     let a = grant(&mut client, 600).await;
     let b = grant_id(&mut client, 600, 77).await;
     let c = grant(&mut client, 600).await;
@@ -534,15 +669,25 @@ async fn put_attaches_plain_put_and_delete_detach_ignore_lease_keeps() {
 
     put_leased(&mut client, "p/attached", "v", short).await;
     put_leased(&mut client, "p/detached", "v", short).await;
-    client.put("p/detached", "v2", None).await.expect("plain put");
+    client
+        .put("p/detached", "v2", None)
+        .await
+        .expect("plain put");
     put_leased(&mut client, "p/ignore", "v", short).await;
     client
-        .put("p/ignore", "v2", Some(PutOptions::new().with_ignore_lease()))
+        .put(
+            "p/ignore",
+            "v2",
+            Some(PutOptions::new().with_ignore_lease()),
+        )
         .await
         .expect("put with ignore_lease");
     put_leased(&mut client, "p/deleted", "v", short).await;
     client.delete("p/deleted", None).await.expect("delete");
-    client.put("p/deleted", "again", None).await.expect("put again");
+    client
+        .put("p/deleted", "again", None)
+        .await
+        .expect("put again");
     put_leased(&mut client, "p/moved", "v", short).await;
     put_leased(&mut client, "p/moved", "v2", long).await;
 
@@ -556,7 +701,10 @@ async fn put_attaches_plain_put_and_delete_detach_ignore_lease_keeps() {
         ["p/attached", "p/ignore"],
         "the short lease's keys"
     );
-    assert_eq!(time_to_live(&mut client, long, true).await.keys, ["p/moved"]);
+    assert_eq!(
+        time_to_live(&mut client, long, true).await.keys,
+        ["p/moved"]
+    );
 
     // Errors leave the key alone.
     let before = current_revision(&mut client).await;
@@ -569,12 +717,20 @@ async fn put_attaches_plain_put_and_delete_detach_ignore_lease_keeps() {
     );
     assert_grpc_error(
         client
-            .put("p/attached", "x", Some(PutOptions::new().with_lease(long).with_ignore_lease()))
+            .put(
+                "p/attached",
+                "x",
+                Some(PutOptions::new().with_lease(long).with_ignore_lease()),
+            )
             .await,
         Code::InvalidArgument,
         messages::LEASE_PROVIDED,
     );
-    assert_eq!(current_revision(&mut client).await, before, "failed puts change nothing");
+    assert_eq!(
+        current_revision(&mut client).await,
+        before,
+        "failed puts change nothing"
+    );
 
     poll_until(
         Duration::from_secs(TTL as u64 + 5),
@@ -602,7 +758,10 @@ async fn txn_puts_honour_leases() {
     let server = Server::start_default().await;
     let mut client = server.client().await;
     let lease = grant(&mut client, 600).await;
-    client.put("t/old", "v", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+    client
+        .put("t/old", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put");
 
     let response = client
         .txn(Txn::new().and_then([
@@ -617,14 +776,21 @@ async fn txn_puts_honour_leases() {
     assert_eq!(lease_of(&mut client, "t/a").await, Some(lease));
     assert_eq!(lease_of(&mut client, "t/b").await, Some(lease));
     assert_eq!(lease_of(&mut client, "t/c").await, Some(0));
-    assert_eq!(time_to_live(&mut client, lease, true).await.keys, ["t/a", "t/b"]);
+    assert_eq!(
+        time_to_live(&mut client, lease, true).await.keys,
+        ["t/a", "t/b"]
+    );
 
     // A compare on the lease, as kube-apiserver's guaranteed updates may issue.
     let response = client
         .txn(
             Txn::new()
                 .when([Compare::lease("t/a", CompareOp::Equal, lease)])
-                .and_then([TxnOp::put("t/a", "1b", Some(PutOptions::new().with_ignore_lease()))]),
+                .and_then([TxnOp::put(
+                    "t/a",
+                    "1b",
+                    Some(PutOptions::new().with_ignore_lease()),
+                )]),
         )
         .await
         .expect("txn comparing the lease");
@@ -643,15 +809,26 @@ async fn txn_puts_honour_leases() {
         Code::NotFound,
         messages::LEASE_NOT_FOUND,
     );
-    assert_eq!(current_revision(&mut client).await, before, "the failed txn changed nothing");
-    assert!(!key_exists(&mut client, "t/d").await, "no op of the failed txn was applied");
+    assert_eq!(
+        current_revision(&mut client).await,
+        before,
+        "the failed txn changed nothing"
+    );
+    assert!(
+        !key_exists(&mut client, "t/d").await,
+        "no op of the failed txn was applied"
+    );
 
     // Only the branch that runs is checked: an unknown lease in the other one is harmless.
     let response = client
         .txn(
             Txn::new()
                 .when([Compare::version("t/a", CompareOp::Equal, 0)])
-                .and_then([TxnOp::put("t/f", "6", Some(PutOptions::new().with_lease(424242)))])
+                .and_then([TxnOp::put(
+                    "t/f",
+                    "6",
+                    Some(PutOptions::new().with_lease(424242)),
+                )])
                 .or_else([TxnOp::get("t/a", None)]),
         )
         .await
@@ -666,8 +843,15 @@ async fn txn_puts_honour_leases() {
         .expect("txn delete");
     client.put("t/b", "new", None).await.expect("put");
     client.lease_revoke(lease).await.expect("revoke");
-    assert!(!key_exists(&mut client, "t/a").await, "t/a was on the lease");
-    assert_eq!(lease_of(&mut client, "t/b").await, Some(0), "t/b was detached by the delete");
+    assert!(
+        !key_exists(&mut client, "t/a").await,
+        "t/a was on the lease"
+    );
+    assert_eq!(
+        lease_of(&mut client, "t/b").await,
+        Some(0),
+        "t/b was detached by the delete"
+    );
     assert!(key_exists(&mut client, "t/c").await);
 }
 
@@ -712,10 +896,14 @@ async fn expiry_happens_within_a_second_of_the_deadline() {
     let renewed = grant(&mut client, 2).await;
     put_leased(&mut client, "exp/renewed", "v", renewed).await;
     let (mut keeper, mut answers) = client.lease_keep_alive(renewed).await.expect("keep-alive");
-    poll_until(Duration::from_secs(3), "the renewed lease aged a second", || {
-        let mut client = client.clone();
-        async move { (time_to_live(&mut client, renewed, false).await.ttl <= 1).then_some(()) }
-    })
+    poll_until(
+        Duration::from_secs(3),
+        "the renewed lease aged a second",
+        || {
+            let mut client = client.clone();
+            async move { (time_to_live(&mut client, renewed, false).await.ttl <= 1).then_some(()) }
+        },
+    )
     .await;
     let sent = Instant::now();
     keeper.keep_alive().await.expect("send keep-alive");
@@ -753,5 +941,9 @@ async fn expiry_happens_within_a_second_of_the_deadline() {
             delete.at - latest
         );
     }
-    eprintln!("expiry timing on {}: {}", server.kind().name(), report.join("; "));
+    eprintln!(
+        "expiry timing on {}: {}",
+        server.kind().name(),
+        report.join("; ")
+    );
 }

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compat_tests::kv::current_revision;
-use compat_tests::lease::{
-    collect_deletes, fast_options, lease_ids, poll_until, watch_created,
-};
+use compat_tests::lease::{collect_deletes, fast_options, lease_ids, poll_until, watch_created};
 use compat_tests::Server;
 use etcd_client::{GetOptions, PutOptions, WatchFilterType, WatchOptions};
 
@@ -130,9 +128,15 @@ async fn ten_thousand_leases_expiring_at_once_are_all_revoked_without_stalling_w
         tasks.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&lease) = leases.get(index) else { return };
+                let Some(&lease) = leases.get(index) else {
+                    return;
+                };
                 client
-                    .put(key_of(index), "v", Some(PutOptions::new().with_lease(lease)))
+                    .put(
+                        key_of(index),
+                        "v",
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
                     .await
                     .unwrap_or_else(|error| {
                         panic!("attach {} to lease {lease:x}: {error}", key_of(index))
@@ -151,11 +155,17 @@ async fn ten_thousand_leases_expiring_at_once_are_all_revoked_without_stalling_w
         grants_started.elapsed()
     );
     let count = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            PREFIX,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .expect("count")
         .count();
-    assert_eq!(count, LEASES as i64, "every key attached before any lease expired");
+    assert_eq!(
+        count, LEASES as i64,
+        "every key attached before any lease expired"
+    );
 
     // Writers of other keys, from before the first deadline until every key is gone.
     let stop = Arc::new(AtomicBool::new(false));
@@ -201,7 +211,11 @@ async fn ten_thousand_leases_expiring_at_once_are_all_revoked_without_stalling_w
 
     let mut keys = HashSet::new();
     for delete in &deletes {
-        assert!(keys.insert(delete.key.clone()), "{} deleted twice", delete.key);
+        assert!(
+            keys.insert(delete.key.clone()),
+            "{} deleted twice",
+            delete.key
+        );
     }
     assert_eq!(keys.len(), LEASES, "one DELETE per key");
     let first_delete = deletes.iter().map(|d| d.at).min().expect("deletes");
@@ -215,15 +229,22 @@ async fn ten_thousand_leases_expiring_at_once_are_all_revoked_without_stalling_w
     let revisions: HashSet<i64> = deletes.iter().map(|d| d.mod_revision).collect();
 
     let remaining = client
-        .get(PREFIX, Some(GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            PREFIX,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
         .await
         .expect("count")
         .count();
     assert_eq!(remaining, 0, "every flood key is gone");
-    poll_until(Duration::from_secs(10), "LeaseLeases lists no lease", || {
-        let mut client = client.clone();
-        async move { lease_ids(&mut client).await.is_empty().then_some(()) }
-    })
+    poll_until(
+        Duration::from_secs(10),
+        "LeaseLeases lists no lease",
+        || {
+            let mut client = client.clone();
+            async move { lease_ids(&mut client).await.is_empty().then_some(()) }
+        },
+    )
     .await;
 
     eprintln!(

@@ -55,7 +55,7 @@ async fn create_objects(server: &Server, lease: i64) {
                     .await
                     .unwrap_or_else(|error| panic!("create {key}: {error}"));
                 assert!(created.succeeded(), "{key} did not exist");
-                if index % 10 == 0 {
+                if index.is_multiple_of(10) {
                     let revision = header_revision(created.header());
                     let updated = client
                         .txn(
@@ -117,7 +117,11 @@ fn assert_one_revision_of_deletes(
     expected: &BTreeMap<String, Stored>,
     revision: i64,
 ) {
-    assert_eq!(deletes.len(), expected.len(), "{who}: number of DELETE events");
+    assert_eq!(
+        deletes.len(),
+        expected.len(),
+        "{who}: number of DELETE events"
+    );
     let mut seen = BTreeMap::new();
     for delete in deletes {
         assert_eq!(
@@ -125,8 +129,14 @@ fn assert_one_revision_of_deletes(
             "{who}: DELETE of {} is not of the expiry's revision",
             delete.key
         );
-        assert_eq!(delete.response, 0, "{who}: the DELETEs of one revision span responses");
-        assert_eq!(delete.header_revision, revision, "{who}: header revision of the response");
+        assert_eq!(
+            delete.response, 0,
+            "{who}: the DELETEs of one revision span responses"
+        );
+        assert_eq!(
+            delete.header_revision, revision,
+            "{who}: header revision of the response"
+        );
         assert_eq!(
             delete.other_fields,
             (0, 0, 0, 0),
@@ -139,7 +149,8 @@ fn assert_one_revision_of_deletes(
             .unwrap_or_else(|| panic!("{who}: DELETE of {} without prev_kv", delete.key));
         assert_eq!(key, delete.key, "{who}: prev_kv key");
         assert!(
-            seen.insert(key, (value, create, modified, version, lease)).is_none(),
+            seen.insert(key, (value, create, modified, version, lease))
+                .is_none(),
             "{who}: {} deleted twice",
             delete.key
         );
@@ -181,18 +192,27 @@ async fn expiry_of_a_lease_shared_by_1000_keys_deletes_them_in_one_revision() {
             }
         }
     }
-    client.put(format!("{PREFIX}unleased"), "x", None).await.expect("put");
+    client
+        .put(format!("{PREFIX}unleased"), "x", None)
+        .await
+        .expect("put");
 
     let mut expected = stored_objects(&mut client).await;
     assert!(expected.remove(&format!("{PREFIX}unleased")).is_some());
     assert_eq!(expected.len(), KEYS, "every object was created");
-    assert!(expected.values().all(|stored| stored.4 == lease), "every object is on the lease");
+    assert!(
+        expected.values().all(|stored| stored.4 == lease),
+        "every object is on the lease"
+    );
     assert_eq!(
         expected.values().filter(|stored| stored.3 == 2).count(),
         KEYS / 10,
         "every tenth object was updated once"
     );
-    assert_eq!(time_to_live(&mut client, lease, true).await.keys.len(), KEYS);
+    assert_eq!(
+        time_to_live(&mut client, lease, true).await.keys.len(),
+        KEYS
+    );
     let before = current_revision(&mut client).await;
 
     let mut watch = watch_created(
@@ -234,7 +254,11 @@ async fn expiry_of_a_lease_shared_by_1000_keys_deletes_them_in_one_revision() {
     );
     assert_one_revision_of_deletes("live watcher", &deletes, &expected, before + 1);
 
-    assert_eq!(current_revision(&mut client).await, before + 1, "one revision for 1000 deletes");
+    assert_eq!(
+        current_revision(&mut client).await,
+        before + 1,
+        "one revision for 1000 deletes"
+    );
     assert!(!lease_exists(&mut client, lease).await, "the lease is gone");
     let left = stored_objects(&mut client).await;
     assert_eq!(

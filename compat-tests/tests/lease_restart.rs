@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use compat_tests::kv::{current_revision, header_revision};
 use compat_tests::lease::{
-    fast_options, grant, grant_id, key_exists, lease_exists, lease_ids, poll_until,
-    time_to_live,
+    fast_options, grant, grant_id, key_exists, lease_exists, lease_ids, poll_until, time_to_live,
 };
 use compat_tests::server::default_connect_options;
 use compat_tests::{Server, ServerKind};
@@ -24,7 +23,11 @@ const SLACK: Duration = Duration::from_millis(500);
 
 async fn put_leased(client: &mut Client, key: &str, lease: i64) {
     client
-        .put(key, format!("v-{key}"), Some(PutOptions::new().with_lease(lease)))
+        .put(
+            key,
+            format!("v-{key}"),
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await
         .unwrap_or_else(|error| panic!("put {key} with lease {lease:x}: {error}"));
 }
@@ -36,10 +39,14 @@ async fn lease_of(client: &mut Client, key: &str) -> Option<i64> {
 
 /// Waits until TimeToLive reports at most `ttl` seconds left.
 async fn wait_remaining_at_most(client: &Client, lease: i64, ttl: i64, timeout: Duration) {
-    poll_until(timeout, &format!("lease {lease:x} has at most {ttl} s left"), || {
-        let mut client = client.clone();
-        async move { (time_to_live(&mut client, lease, false).await.ttl <= ttl).then_some(()) }
-    })
+    poll_until(
+        timeout,
+        &format!("lease {lease:x} has at most {ttl} s left"),
+        || {
+            let mut client = client.clone();
+            async move { (time_to_live(&mut client, lease, false).await.ttl <= ttl).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -70,28 +77,65 @@ async fn leases_and_their_keys_survive_sigkill() {
 
     let mut expected = vec![kept, chosen];
     expected.sort_unstable();
-    assert_eq!(lease_ids(&mut client).await, expected, "the live leases survived, only them");
+    assert_eq!(
+        lease_ids(&mut client).await,
+        expected,
+        "the live leases survived, only them"
+    );
     let ttl = time_to_live(&mut client, kept, true).await;
-    assert_eq!((ttl.granted_ttl, ttl.keys), (600, vec!["r/a".into(), "r/b".into()]));
+    assert_eq!(
+        (ttl.granted_ttl, ttl.keys),
+        (600, vec!["r/a".into(), "r/b".into()])
+    );
     assert_eq!(time_to_live(&mut client, chosen, true).await.keys, ["r/c"]);
     for gone in [revoked, expired] {
-        assert_eq!(time_to_live(&mut client, gone, false).await.ttl, -1, "lease {gone:x}");
+        assert_eq!(
+            time_to_live(&mut client, gone, false).await.ttl,
+            -1,
+            "lease {gone:x}"
+        );
     }
-    assert_eq!(current_revision(&mut client).await, revision, "revision after restart");
+    assert_eq!(
+        current_revision(&mut client).await,
+        revision,
+        "revision after restart"
+    );
     assert_eq!(lease_of(&mut client, "r/a").await, Some(kept));
     assert_eq!(lease_of(&mut client, "r/c").await, Some(chosen));
     assert_eq!(lease_of(&mut client, "r/plain").await, Some(0));
-    assert!(!key_exists(&mut client, "r/d").await, "a revoked lease's key stays deleted");
-    assert!(!key_exists(&mut client, "r/e").await, "an expired lease's key stays deleted");
+    assert!(
+        !key_exists(&mut client, "r/d").await,
+        "a revoked lease's key stays deleted"
+    );
+    assert!(
+        !key_exists(&mut client, "r/e").await,
+        "an expired lease's key stays deleted"
+    );
 
     // The leases still work: new IDs do not collide, keep-alive, attach, revoke.
     let fresh = grant(&mut client, 600).await;
-    assert!(!expected.contains(&fresh), "a new lease reuses ID {fresh:x}");
-    let (_keeper, _answers) = client.lease_keep_alive(kept).await.expect("keep-alive after restart");
+    assert!(
+        !expected.contains(&fresh),
+        "a new lease reuses ID {fresh:x}"
+    );
+    let (_keeper, _answers) = client
+        .lease_keep_alive(kept)
+        .await
+        .expect("keep-alive after restart");
     put_leased(&mut client, "r/f", chosen).await;
-    assert_eq!(time_to_live(&mut client, chosen, true).await.keys, ["r/c", "r/f"]);
-    let response = client.lease_revoke(kept).await.expect("revoke after restart");
-    assert_eq!(header_revision(response.header()), revision + 2, "one revision for r/a and r/b");
+    assert_eq!(
+        time_to_live(&mut client, chosen, true).await.keys,
+        ["r/c", "r/f"]
+    );
+    let response = client
+        .lease_revoke(kept)
+        .await
+        .expect("revoke after restart");
+    assert_eq!(
+        header_revision(response.header()),
+        revision + 2,
+        "one revision for r/a and r/b"
+    );
     assert!(!key_exists(&mut client, "r/a").await && !key_exists(&mut client, "r/b").await);
 }
 
@@ -131,7 +175,11 @@ async fn remaining_ttl_is_not_reset_by_a_restart() {
         ServerKind::Etcd => {
             // etcd 3.4 keeps remaining TTLs in memory only: a restarted member starts every
             // lease from its full TTL.
-            assert!(after.ttl >= TTL - 2, "etcd restarted the lease at {} s", after.ttl);
+            assert!(
+                after.ttl >= TTL - 2,
+                "etcd restarted the lease at {} s",
+                after.ttl
+            );
         }
     }
 }
@@ -218,8 +266,13 @@ async fn remaining_ttls_of_many_leases_survive_a_restart() {
     }
     leases.truncate(LEASES);
     // After 10 s every lease has been recorded at least once.
-    wait_remaining_at_most(&client, leases[leases.len() - 1], TTL - 11, Duration::from_secs(20))
-        .await;
+    wait_remaining_at_most(
+        &client,
+        leases[leases.len() - 1],
+        TTL - 11,
+        Duration::from_secs(20),
+    )
+    .await;
 
     server.restart().await;
     let client = server.client().await;
@@ -241,9 +294,22 @@ async fn remaining_ttls_of_many_leases_survive_a_restart() {
         remaining.extend(task.await.expect("TimeToLive task"));
     }
     let lost: Vec<_> = remaining.iter().filter(|(_, ttl)| *ttl == -1).collect();
-    assert!(lost.is_empty(), "{} leases lost by the restart, e.g. {:?}", lost.len(), lost[0]);
-    let early: Vec<_> = remaining.iter().filter(|(_, ttl)| *ttl < TTL - elapsed - 1).collect();
-    assert!(early.is_empty(), "{} leases shortened, e.g. {:?}", early.len(), early[0]);
+    assert!(
+        lost.is_empty(),
+        "{} leases lost by the restart, e.g. {:?}",
+        lost.len(),
+        lost[0]
+    );
+    let early: Vec<_> = remaining
+        .iter()
+        .filter(|(_, ttl)| *ttl < TTL - elapsed - 1)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{} leases shortened, e.g. {:?}",
+        early.len(),
+        early[0]
+    );
     let reset: Vec<_> = remaining.iter().filter(|(_, ttl)| *ttl > TTL - 5).collect();
     match server.kind() {
         ServerKind::Keelson => assert!(
@@ -276,7 +342,7 @@ async fn leases_renewed_while_their_ttl_is_recorded_do_not_expire_early_after_a_
     // renewals are then spread over the 6 s in which a recording could happen.)
     const LEASES: usize = 1000;
     const TTL: i64 = 20;
-    const RENEWERS: usize = 8;
+    const RENEWERS: usize = 16;
     const RHYTHM: Duration = Duration::from_secs(5);
     let mut server = Server::start_default().await;
     let mut client = server.client().await;
@@ -292,7 +358,11 @@ async fn leases_renewed_while_their_ttl_is_recorded_do_not_expire_early_after_a_
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     if server.kind() == ServerKind::Keelson {
-        assert!(recorded_at.is_some(), "no lease TTL was recorded within {:?}", RHYTHM * 2);
+        assert!(
+            recorded_at.is_some(),
+            "no lease TTL was recorded within {:?}",
+            RHYTHM * 2
+        );
     }
 
     let mut tasks = Vec::new();
@@ -318,9 +388,15 @@ async fn leases_renewed_while_their_ttl_is_recorded_do_not_expire_early_after_a_
             while first < granted + RHYTHM {
                 first += RHYTHM;
             }
-            (first - Duration::from_millis(150), Duration::from_millis(500))
+            (
+                first - Duration::from_millis(100),
+                Duration::from_millis(300),
+            )
         }
-        None => (granted + Duration::from_millis(4500), Duration::from_secs(6)),
+        None => (
+            granted + Duration::from_millis(4500),
+            Duration::from_secs(6),
+        ),
     };
 
     let mut tasks = Vec::new();
@@ -365,7 +441,9 @@ async fn leases_renewed_while_their_ttl_is_recorded_do_not_expire_early_after_a_
         let ttl = time_to_live(&mut client, *lease, false).await.ttl;
         let since = sent.elapsed().as_secs() as i64;
         if ttl < TTL - since - 1 {
-            early.push(format!("{lease:x}: {ttl} s left {since} s after a renewal to {TTL} s"));
+            early.push(format!(
+                "{lease:x}: {ttl} s left {since} s after a renewal to {TTL} s"
+            ));
         }
     }
     assert!(
@@ -404,7 +482,9 @@ async fn acknowledged_grants_and_attaches_survive_sigkill_under_load() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let Ok(response) = client.lease_grant(600, None).await else { break };
+                let Ok(response) = client.lease_grant(600, None).await else {
+                    break;
+                };
                 acks.push((response.id(), None));
                 acked.fetch_add(1, Ordering::Relaxed);
                 let key = format!("{KEY_PREFIX}{granter:02}/{sequence:05}");
@@ -417,10 +497,14 @@ async fn acknowledged_grants_and_attaches_survive_sigkill_under_load() {
             acks
         }));
     }
-    poll_until(Duration::from_secs(30), "enough grants were acknowledged", || {
-        let acked = acked.load(Ordering::Relaxed);
-        async move { (acked >= TARGET_ACKS).then_some(()) }
-    })
+    poll_until(
+        Duration::from_secs(30),
+        "enough grants were acknowledged",
+        || {
+            let acked = acked.load(Ordering::Relaxed);
+            async move { (acked >= TARGET_ACKS).then_some(()) }
+        },
+    )
     .await;
     server.kill();
     stop.store(true, Ordering::Relaxed);
@@ -462,7 +546,10 @@ async fn acknowledged_grants_and_attaches_survive_sigkill_under_load() {
         }
     }
     for (key, lease) in &stored {
-        assert!(leases.contains(lease), "{key} is attached to a lease that does not exist");
+        assert!(
+            leases.contains(lease),
+            "{key} is attached to a lease that does not exist"
+        );
     }
     eprintln!(
         "{}: {} grants and {} attaches acknowledged before the kill; {} leases after restart",

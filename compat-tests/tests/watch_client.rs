@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use compat_tests::kv::{current_revision, header_revision, put};
 use compat_tests::watch::{
-    events_of, expect_created, next_message, open_watch, read_events, summary, Ev, Kind, Kv,
-    Resp, WATCH_TIMEOUT,
+    events_of, expect_created, next_message, open_watch, read_events, summary, Ev, Kind, Kv, Resp,
+    WATCH_TIMEOUT,
 };
 use compat_tests::{Server, ServerKind, ServerOptions};
 use etcd_client::{
@@ -152,7 +152,10 @@ async fn created_answer_comes_before_any_event_of_the_watch() {
     let mut events_of_5 = 0;
     while events_of_5 < writes {
         let response = next(&mut stream, "second watch, while k2 is written").await;
-        assert_eq!(response.watch_id, 5, "only watch 5 has anything to say: {response}");
+        assert_eq!(
+            response.watch_id, 5,
+            "only watch 5 has anything to say: {response}"
+        );
         if response.created {
             assert!(!created_seen, "watch 5 created twice");
             assert!(!response.canceled, "watch 5 refused: {response}");
@@ -185,7 +188,10 @@ async fn client_chosen_watch_id_is_honoured_and_a_taken_one_refused() {
         "a taken ID is answered created + canceled: {refused}"
     );
     assert_eq!(refused.cancel_reason, DUPLICATE_WATCH_ID);
-    assert_eq!(refused.watch_id, -1, "etcd answers a refused create with watch ID -1");
+    assert_eq!(
+        refused.watch_id, -1,
+        "etcd answers a refused create with watch ID -1"
+    );
 
     // The refusal did not add a watcher: one put of k gives exactly one event (for 7); the
     // fence watch's event proves nothing else was queued before it.
@@ -197,7 +203,10 @@ async fn client_chosen_watch_id_is_honoured_and_a_taken_one_refused() {
     put(&mut client, "k", "v").await;
     put(&mut client, "fence", "f").await;
     let first = next(&mut stream, "event of k").await;
-    assert_eq!((first.watch_id, keys_of(&first.events)), (7, vec!["k".to_string()]));
+    assert_eq!(
+        (first.watch_id, keys_of(&first.events)),
+        (7, vec!["k".to_string()])
+    );
     let second = next(&mut stream, "event of fence").await;
     assert_eq!(
         (second.watch_id, keys_of(&second.events)),
@@ -207,7 +216,12 @@ async fn client_chosen_watch_id_is_honoured_and_a_taken_one_refused() {
 
     // IDs are per stream: 7 is free on another stream.
     let mut other = open_watch(&mut client, "k", WatchOptions::new().with_watch_id(7)).await;
-    assert_eq!(expect_created(&mut other, "id 7 on another stream").await.watch_id, 7);
+    assert_eq!(
+        expect_created(&mut other, "id 7 on another stream")
+            .await
+            .watch_id,
+        7
+    );
 }
 
 #[tokio::test]
@@ -223,18 +237,30 @@ async fn automatic_watch_ids_skip_client_chosen_ones() {
             .expect("create with an automatic ID");
         ids.push(expect_created(&mut stream, key).await.watch_id);
     }
-    assert_eq!(ids, [0, 2, 3], "automatic IDs count from 0 and skip the taken 1");
+    assert_eq!(
+        ids,
+        [0, 2, 3],
+        "automatic IDs count from 0 and skip the taken 1"
+    );
 }
 
 #[tokio::test]
 async fn many_watches_share_one_stream() {
     let (_server, mut client) = start().await;
     const WATCHES: i64 = 50;
-    let mut stream = open_watch(&mut client, "m/", WatchOptions::new().with_prefix().with_watch_id(1000)).await;
+    let mut stream = open_watch(
+        &mut client,
+        "m/",
+        WatchOptions::new().with_prefix().with_watch_id(1000),
+    )
+    .await;
     expect_created(&mut stream, "prefix watch").await;
     for i in 0..WATCHES {
         stream
-            .watch(format!("m/{i:02}"), Some(WatchOptions::new().with_watch_id(i)))
+            .watch(
+                format!("m/{i:02}"),
+                Some(WatchOptions::new().with_watch_id(i)),
+            )
             .await
             .expect("create a key watch");
         let created = expect_created(&mut stream, "key watch").await;
@@ -262,14 +288,21 @@ async fn many_watches_share_one_stream() {
         );
         assert_eq!(events[0].revision(), revision);
     }
-    assert_eq!(got[&1000].len(), 1, "the prefix watch gets the txn in one response");
+    assert_eq!(
+        got[&1000].len(),
+        1,
+        "the prefix watch gets the txn in one response"
+    );
     assert_eq!(got[&1000][0].events.len(), WATCHES as usize);
 
     // Cancel the even watches: the next txn reaches only the odd ones (and the prefix).
     for i in (0..WATCHES).step_by(2) {
         stream.cancel(i).await.expect("send cancel");
         let canceled = next(&mut stream, "cancel answer").await;
-        assert!(canceled.canceled && canceled.watch_id == i, "cancel of {i}: {canceled}");
+        assert!(
+            canceled.canceled && canceled.watch_id == i,
+            "cancel of {i}: {canceled}"
+        );
     }
     txn(
         &mut client,
@@ -281,7 +314,10 @@ async fn many_watches_share_one_stream() {
     let mut expected: HashMap<i64, usize> = (1..WATCHES).step_by(2).map(|i| (i, 1)).collect();
     expected.insert(1000, WATCHES as usize);
     let got = read_per_watch(&mut stream, &expected, "second txn").await;
-    assert!(got.keys().all(|id| *id == 1000 || id % 2 == 1), "canceled watches got events");
+    assert!(
+        got.keys().all(|id| *id == 1000 || id % 2 == 1),
+        "canceled watches got events"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,7 +364,10 @@ async fn key_range_prefix_from_key_and_all_keys_forms() {
         (4, vec!["b", "c", "zzz", "b"]),
         (5, vec!["0", "a", "ab", "b", "c", "abc", "zzz", "az", "b"]),
     ]);
-    let counts = expected.iter().map(|(id, keys)| (*id, keys.len())).collect();
+    let counts = expected
+        .iter()
+        .map(|(id, keys)| (*id, keys.len()))
+        .collect();
     let got = read_per_watch(&mut stream, &counts, "every range form").await;
     for (id, keys) in &expected {
         let responses = &got[id];
@@ -373,7 +412,13 @@ async fn past_start_revision_replays_then_goes_live_without_gap_or_duplicate() {
     let done = Arc::new(AtomicUsize::new(0));
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..4 {
-        writers.spawn(record_puts(client.clone(), writer, 600, done.clone(), log.clone()));
+        writers.spawn(record_puts(
+            client.clone(),
+            writer,
+            600,
+            done.clone(),
+            log.clone(),
+        ));
     }
     while writers.join_next().await.is_some() {}
 
@@ -381,14 +426,28 @@ async fn past_start_revision_replays_then_goes_live_without_gap_or_duplicate() {
     // replay and live events falls somewhere in the middle of these writes.
     let done = Arc::new(AtomicUsize::new(0));
     for writer in 0..2 {
-        writers.spawn(record_puts(client.clone(), writer + 10, 400, done.clone(), log.clone()));
+        writers.spawn(record_puts(
+            client.clone(),
+            writer + 10,
+            400,
+            done.clone(),
+            log.clone(),
+        ));
     }
     let started = Instant::now();
     while done.load(Ordering::SeqCst) < 20 {
-        assert!(started.elapsed() < WATCH_TIMEOUT, "the live writers did not start");
+        assert!(
+            started.elapsed() < WATCH_TIMEOUT,
+            "the live writers did not start"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut stream = open_watch(&mut client, "s/", WatchOptions::new().with_prefix().with_start_revision(2)).await;
+    let mut stream = open_watch(
+        &mut client,
+        "s/",
+        WatchOptions::new().with_prefix().with_start_revision(2),
+    )
+    .await;
     let created = expect_created(&mut stream, "watch from revision 2").await;
     while writers.join_next().await.is_some() {}
     let log = log.lock().expect("log").clone();
@@ -405,7 +464,8 @@ async fn past_start_revision_replays_then_goes_live_without_gap_or_duplicate() {
         created.header_revision
     );
 
-    let events = events_of(&read_events(&mut stream, created.watch_id, log.len(), "replay and live").await);
+    let events =
+        events_of(&read_events(&mut stream, created.watch_id, log.len(), "replay and live").await);
     let received: Vec<(i64, String, String)> = events
         .iter()
         .map(|e| {
@@ -440,7 +500,12 @@ async fn compacted_start_revision_is_canceled_with_the_compact_revision() {
         .expect("compact at 4");
 
     for from in [2, 3] {
-        let mut stream = open_watch(&mut client, "k", WatchOptions::new().with_start_revision(from)).await;
+        let mut stream = open_watch(
+            &mut client,
+            "k",
+            WatchOptions::new().with_start_revision(from),
+        )
+        .await;
         let created = expect_created(&mut stream, "watch below the compaction").await;
         let canceled = next(&mut stream, "compaction answer").await;
         assert!(
@@ -448,14 +513,20 @@ async fn compacted_start_revision_is_canceled_with_the_compact_revision() {
             "from {from}: expected a cancel, got {canceled}"
         );
         assert_eq!(canceled.watch_id, created.watch_id);
-        assert_eq!(canceled.compact_revision, 4, "from {from}: compact_revision");
+        assert_eq!(
+            canceled.compact_revision, 4,
+            "from {from}: compact_revision"
+        );
     }
 
     // The compacted revision itself is still there.
     let mut stream = open_watch(&mut client, "k", WatchOptions::new().with_start_revision(4)).await;
     let created = expect_created(&mut stream, "watch from the compact revision").await;
     let events = events_of(&read_events(&mut stream, created.watch_id, 3, "from 4").await);
-    assert_eq!(events.iter().map(Ev::revision).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(
+        events.iter().map(Ev::revision).collect::<Vec<_>>(),
+        [4, 5, 6]
+    );
 }
 
 #[tokio::test]
@@ -488,10 +559,21 @@ async fn future_start_revision_waits_for_that_revision() {
 #[tokio::test]
 async fn prev_kv_on_updates_and_deletes_but_not_on_creates() {
     let (_server, mut client) = start().await;
-    let mut stream = open_watch(&mut client, "p/", WatchOptions::new().with_prefix().with_prev_key().with_watch_id(1)).await;
+    let mut stream = open_watch(
+        &mut client,
+        "p/",
+        WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_watch_id(1),
+    )
+    .await;
     expect_created(&mut stream, "prev_kv watch").await;
     stream
-        .watch("p/", Some(WatchOptions::new().with_prefix().with_watch_id(2)))
+        .watch(
+            "p/",
+            Some(WatchOptions::new().with_prefix().with_watch_id(2)),
+        )
         .await
         .expect("create the plain watch");
     expect_created(&mut stream, "plain watch").await;
@@ -505,11 +587,27 @@ async fn prev_kv_on_updates_and_deletes_but_not_on_creates() {
     let v1 = put_kv("p/a", "v1", r1, r1, 1);
     let v2 = put_kv("p/a", "v2", r1, r2, 2);
     let with_prev = vec![
-        Ev { kind: Kind::Put, kv: v1.clone(), prev: None },
-        Ev { kind: Kind::Put, kv: v2.clone(), prev: Some(v1) },
-        Ev { kind: Kind::Delete, kv: Kv::tombstone(b"p/a", r3), prev: Some(v2) },
+        Ev {
+            kind: Kind::Put,
+            kv: v1.clone(),
+            prev: None,
+        },
+        Ev {
+            kind: Kind::Put,
+            kv: v2.clone(),
+            prev: Some(v1),
+        },
+        Ev {
+            kind: Kind::Delete,
+            kv: Kv::tombstone(b"p/a", r3),
+            prev: Some(v2),
+        },
         // A create after a delete: a new life of the key, no prev_kv.
-        Ev { kind: Kind::Put, kv: put_kv("p/a", "v3", r4, r4, 1), prev: None },
+        Ev {
+            kind: Kind::Put,
+            kv: put_kv("p/a", "v3", r4, r4, 1),
+            prev: None,
+        },
     ];
     assert_eq!(events_of(&got[&1]), with_prev, "watch with prev_kv");
     let without: Vec<Ev> = with_prev.iter().map(Ev::without_prev).collect();
@@ -596,14 +694,22 @@ async fn noput_and_nodelete_filters() {
     let mut stream = open_watch(
         &mut client,
         "f/",
-        WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoPut]).with_watch_id(1),
+        WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoPut])
+            .with_watch_id(1),
     )
     .await;
     expect_created(&mut stream, "NOPUT watch").await;
     stream
         .watch(
             "f/",
-            Some(WatchOptions::new().with_prefix().with_filters([WatchFilterType::NoDelete]).with_watch_id(2)),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([WatchFilterType::NoDelete])
+                    .with_watch_id(2),
+            ),
         )
         .await
         .expect("create the NODELETE watch");
@@ -611,9 +717,20 @@ async fn noput_and_nodelete_filters() {
 
     put(&mut client, "f/a", "1").await;
     delete(&mut client, "f/a", None).await;
-    txn(&mut client, vec![TxnOp::put("f/b", "2", None), TxnOp::delete("f/c", None)]).await;
+    txn(
+        &mut client,
+        vec![TxnOp::put("f/b", "2", None), TxnOp::delete("f/c", None)],
+    )
+    .await;
     // Both watches end with this revision, so anything filtered wrongly shows up before.
-    let last = txn(&mut client, vec![TxnOp::put("f/end1", "3", None), TxnOp::delete("f/end2", None)]).await;
+    let last = txn(
+        &mut client,
+        vec![
+            TxnOp::put("f/end1", "3", None),
+            TxnOp::delete("f/end2", None),
+        ],
+    )
+    .await;
 
     let got = read_per_watch(&mut stream, &HashMap::from([(1, 3), (2, 3)]), "filters").await;
     assert_eq!(
@@ -712,7 +829,9 @@ async fn huge_revision(keys: usize, size: usize) -> (Vec<Resp>, Resp, i64) {
     }
     let options = WatchOptions::new().with_prefix().with_prev_key();
     let mut fragmented = open_watch(&mut client, "big/", options.clone().with_fragment()).await;
-    let fragmented_id = expect_created(&mut fragmented, "fragmenting watch").await.watch_id;
+    let fragmented_id = expect_created(&mut fragmented, "fragmenting watch")
+        .await
+        .watch_id;
     let mut whole = open_watch(&mut client, "big/", options).await;
     let whole_id = expect_created(&mut whole, "plain watch").await.watch_id;
 
@@ -725,13 +844,21 @@ async fn huge_revision(keys: usize, size: usize) -> (Vec<Resp>, Resp, i64) {
     .await;
     let parts = read_events(&mut fragmented, fragmented_id, keys, "fragments").await;
     let mut unsplit = read_events(&mut whole, whole_id, keys, "plain watch").await;
-    assert_eq!(unsplit.len(), 1, "without fragment the revision comes whole");
+    assert_eq!(
+        unsplit.len(),
+        1,
+        "without fragment the revision comes whole"
+    );
     let unsplit = unsplit.remove(0);
     assert!(!unsplit.fragment);
     let reassembled = events_of(&parts);
-    assert_eq!(reassembled, unsplit.events, "fragments reassemble to the events");
-    assert!(reassembled.iter().all(|e| e.kv.value == value(1)
-        && e.prev.as_ref().is_some_and(|p| p.value == value(0))));
+    assert_eq!(
+        reassembled, unsplit.events,
+        "fragments reassemble to the events"
+    );
+    assert!(reassembled
+        .iter()
+        .all(|e| e.kv.value == value(1) && e.prev.as_ref().is_some_and(|p| p.value == value(0))));
     (parts, unsplit, revision)
 }
 
@@ -749,12 +876,22 @@ async fn huge_revisions_are_fragmented_when_asked_and_reassemble_to_the_events()
     // watch response is twice that, 3 MB, over any split limit, so a fragmenting watch gets
     // it in several pieces.
     let (parts, _, revision) = huge_revision(5, 300_000).await;
-    assert!(parts.len() >= 2, "expected several fragments, got {}", parts.len());
+    assert!(
+        parts.len() >= 2,
+        "expected several fragments, got {}",
+        parts.len()
+    );
     let (last, rest) = parts.split_last().expect("fragments");
-    assert!(rest.iter().all(|part| part.fragment), "every part but the last has fragment=true");
+    assert!(
+        rest.iter().all(|part| part.fragment),
+        "every part but the last has fragment=true"
+    );
     assert!(!last.fragment, "the last part has fragment=false");
     for part in &parts {
-        assert_eq!(part.header_revision, revision, "every fragment has the txn's revision");
+        assert_eq!(
+            part.header_revision, revision,
+            "every fragment has the txn's revision"
+        );
         assert!(
             part.events.len() == 1 || payload(part) < FRAGMENT_LIMIT,
             "a fragment of {} events carries {} bytes, over the limit",
@@ -771,13 +908,21 @@ async fn fragments_are_split_where_etcd_splits_them() {
     // max-request-bytes alone (1.5 MiB) sends 2 + 2 + 1.
     let (parts, _, _) = huge_revision(5, 280_000).await;
     let sizes: Vec<usize> = parts.iter().map(|part| part.events.len()).collect();
-    assert_eq!(sizes, [3, 2], "events per fragment (etcd fills fragments up to {FRAGMENT_LIMIT} bytes)");
+    assert_eq!(
+        sizes,
+        [3, 2],
+        "events per fragment (etcd fills fragments up to {FRAGMENT_LIMIT} bytes)"
+    );
 
     // And a response under that limit is not split at all, though it is over
     // max-request-bytes: three events of 2 × 290 KB = 1.74 MB.
     let (parts, _, _) = huge_revision(3, 290_000).await;
     assert!(payload(&parts[0]) > MAX_REQUEST_BYTES);
-    assert_eq!(parts.len(), 1, "a 1.74 MB response stays whole under etcd's 2 MiB split limit");
+    assert_eq!(
+        parts.len(),
+        1,
+        "a 1.74 MB response stays whole under etcd's 2 MiB split limit"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -789,7 +934,12 @@ async fn fragments_are_split_where_etcd_splits_them() {
 /// `progress_notify` on the same stream gets none.
 async fn check_progress_notifications(interval_flag: &str) {
     let (_server, mut client) = start_with(&[interval_flag, "1s"]).await;
-    let mut stream = open_watch(&mut client, "pn/a", WatchOptions::new().with_progress_notify().with_watch_id(1)).await;
+    let mut stream = open_watch(
+        &mut client,
+        "pn/a",
+        WatchOptions::new().with_progress_notify().with_watch_id(1),
+    )
+    .await;
     expect_created(&mut stream, "progress_notify watch").await;
     stream
         .watch("pn/b", Some(WatchOptions::new().with_watch_id(2)))
@@ -819,9 +969,15 @@ async fn check_progress_notifications(interval_flag: &str) {
     let later = put(&mut client, "pn/other", "2").await;
     let mut next_revision = 0;
     while next_revision != later {
-        assert!(Instant::now() < deadline + Duration::from_secs(5), "no notification at {later}");
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(5),
+            "no notification at {later}"
+        );
         let response = next(&mut stream, "notification after a write elsewhere").await;
-        assert!(response.is_progress() && response.watch_id == 1, "got {response}");
+        assert!(
+            response.is_progress() && response.watch_id == 1,
+            "got {response}"
+        );
         assert!((revision..=later).contains(&response.header_revision));
         next_revision = response.header_revision;
     }
@@ -868,7 +1024,10 @@ async fn progress_request_is_answered_with_watch_id_minus_one_and_the_current_re
         }
         stream.request_progress().await.expect("request progress");
         let progress = next(&mut stream, "progress answer").await;
-        assert!(progress.is_stream_progress(), "expected a progress answer, got {progress}");
+        assert!(
+            progress.is_stream_progress(),
+            "expected a progress answer, got {progress}"
+        );
         assert_eq!(progress.header_revision, revision, "round {round}");
     }
 }
@@ -887,7 +1046,13 @@ async fn progress_answer_never_runs_ahead_of_a_replaying_watch() {
         writers.spawn(async move {
             for i in 0..250 {
                 let ops = (0..5)
-                    .map(|j| TxnOp::put(format!("pd/{writer}/{}", (i * 5 + j) % 40), value.clone(), None))
+                    .map(|j| {
+                        TxnOp::put(
+                            format!("pd/{writer}/{}", (i * 5 + j) % 40),
+                            value.clone(),
+                            None,
+                        )
+                    })
                     .collect();
                 txn(&mut client, ops).await;
             }
@@ -899,7 +1064,12 @@ async fn progress_answer_never_runs_ahead_of_a_replaying_watch() {
     let current = current_revision(&mut client).await;
     assert_eq!(current, 1001);
 
-    let mut stream = open_watch(&mut client, "pd/", WatchOptions::new().with_prefix().with_start_revision(2)).await;
+    let mut stream = open_watch(
+        &mut client,
+        "pd/",
+        WatchOptions::new().with_prefix().with_start_revision(2),
+    )
+    .await;
     let created = expect_created(&mut stream, "replaying watch").await;
     stream.request_progress().await.expect("request progress");
 

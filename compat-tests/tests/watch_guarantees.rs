@@ -40,7 +40,11 @@ fn key(group: char, index: usize) -> Vec<u8> {
 
 /// The revision of the last event each watch of `recorder` must receive, from its created
 /// answer (for watches starting now) or its start revision.
-fn expected_last(recorder: &StreamRecorder, history: &History, final_revision: i64) -> HashMap<i64, i64> {
+fn expected_last(
+    recorder: &StreamRecorder,
+    history: &History,
+    final_revision: i64,
+) -> HashMap<i64, i64> {
     let log = recorder.snapshot();
     recorder
         .watches
@@ -81,7 +85,10 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
     .await;
     let mut client = server.client().await;
     let seed = seed_from_env();
-    eprintln!("{}: seed {seed} (COMPAT_SEED={seed} to replay the workload's choices)", server.kind().name());
+    eprintln!(
+        "{}: seed {seed} (COMPAT_SEED={seed} to replay the workload's choices)",
+        server.kind().name()
+    );
     let initial = current_revision(&mut client).await;
     let config = WorkloadConfig {
         prefix: PREFIX.into(),
@@ -136,10 +143,17 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         "future start, progress_notify",
         StreamBehaviour::default(),
         1,
-        all.clone().from_revision(initial + 300).with_progress_notify(),
+        all.clone()
+            .from_revision(initial + 300)
+            .with_progress_notify(),
     )
     .await;
-    future.watch(2, WatchSpec::key(key('a', 7)).with_prev_kv().with_progress_notify());
+    future.watch(
+        2,
+        WatchSpec::key(key('a', 7))
+            .with_prev_kv()
+            .with_progress_notify(),
+    );
     let fragment = StreamRecorder::start(
         &mut client,
         "fragment",
@@ -157,8 +171,15 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
     )
     .await;
     for index in 1..32 {
-        let (group, number) = if index < 16 { ('a', index) } else { ('b', index - 16) };
-        many.watch(100 + index as i64, WatchSpec::key(key(group, number)).with_prev_kv());
+        let (group, number) = if index < 16 {
+            ('a', index)
+        } else {
+            ('b', index - 16)
+        };
+        many.watch(
+            100 + index as i64,
+            WatchSpec::key(key(group, number)).with_prev_kv(),
+        );
     }
 
     // The writers.
@@ -173,7 +194,10 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
     wait_for_writes(&control, MAX_WRITES / 3).await;
     let now = current_revision(&mut client).await;
     let past = (now - 150).max(initial);
-    progress_stream.watch(2, WatchSpec::range(key('a', 3), key('b', 2)).from_revision(past));
+    progress_stream.watch(
+        2,
+        WatchSpec::range(key('a', 3), key('b', 2)).from_revision(past),
+    );
     let mut past_stream = StreamRecorder::start(
         &mut client,
         "created mid-run from a past revision, progress requests",
@@ -182,7 +206,12 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         all.clone().from_revision(past).with_prev_kv(),
     )
     .await;
-    past_stream.watch(2, WatchSpec::range(key('b', 5), vec![0]).from_revision(past + 7).no_put());
+    past_stream.watch(
+        2,
+        WatchSpec::range(key('b', 5), vec![0])
+            .from_revision(past + 7)
+            .no_put(),
+    );
     let slow_past = StreamRecorder::start(
         &mut client,
         "created mid-run from revision 1, slow reader, progress requests every 10 ms",
@@ -191,7 +220,15 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         all.clone().from_revision(1).with_prev_kv(),
     )
     .await;
-    recorders.extend([progress_stream, slow_reader, future, fragment, many, past_stream, slow_past]);
+    recorders.extend([
+        progress_stream,
+        slow_reader,
+        future,
+        fragment,
+        many,
+        past_stream,
+        slow_past,
+    ]);
 
     let writes = tokio::time::timeout(MAX_WRITE_PHASE + Duration::from_secs(30), workload)
         .await
@@ -200,7 +237,10 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
     let final_revision = current_revision(&mut client).await;
     let history = History::from_writes(initial, &writes)
         .unwrap_or_else(|error| panic!("the acknowledged writes are inconsistent: {error}"));
-    assert_eq!(history.last, final_revision, "the last acknowledged revision is the store's");
+    assert_eq!(
+        history.last, final_revision,
+        "the last acknowledged revision is the store's"
+    );
     history
         .check_against_store(&mut client, PREFIX)
         .await
@@ -211,7 +251,11 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         writes.len(),
         initial + 1
     );
-    assert!(writes.len() >= 500, "too few writes ({}) for a meaningful check", writes.len());
+    assert!(
+        writes.len() >= 500,
+        "too few writes ({}) for a meaningful check",
+        writes.len()
+    );
 
     // Let every watcher catch up: stop pausing, and ask for progress until each stream has
     // its last expected events and a progress answer at the final revision.
@@ -243,7 +287,10 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("watchers caught up {:?} after the writers stopped", started.elapsed());
+    eprintln!(
+        "watchers caught up {:?} after the writers stopped",
+        started.elapsed()
+    );
 
     // Check every stream.
     let keelson = server.kind() == ServerKind::Keelson;
@@ -270,7 +317,9 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
             &log,
             &history,
             final_revision,
-            CheckOptions { progress_safety: true },
+            CheckOptions {
+                progress_safety: true,
+            },
         );
         let mut found = found;
         if !keelson {
@@ -299,7 +348,7 @@ async fn every_watcher_sees_the_history_exactly_and_progress_never_runs_ahead() 
         let points = resume_points(view, RESUME_POINTS_PER_WATCH);
         resumed += points.len();
         let who = format!("{name}: watch {} ({})", view.watch_id, view.spec);
-        violations.merge(check_resumable(&client, &who, view, &points, final_revision).await);
+        violations.merge(check_resumable(&client, &who, view, &points).await);
     }
     eprintln!("{} watches checked, {resumed} resume points", views.len());
     assert!(
@@ -320,8 +369,14 @@ fn the_checker_reports_each_kind_of_fault() {
         .map(|revision| AckedWrite {
             revision,
             ops: vec![
-                Applied::Put { key: b"g/a/00".to_vec(), value: format!("v{revision}").into_bytes() },
-                Applied::Put { key: b"g/b/00".to_vec(), value: format!("w{revision}").into_bytes() },
+                Applied::Put {
+                    key: b"g/a/00".to_vec(),
+                    value: format!("v{revision}").into_bytes(),
+                },
+                Applied::Put {
+                    key: b"g/b/00".to_vec(),
+                    value: format!("w{revision}").into_bytes(),
+                },
             ],
             label: format!("txn {revision}"),
         })
@@ -356,11 +411,18 @@ fn the_checker_reports_each_kind_of_fault() {
         }
     };
     let check = |log: Vec<Resp>| -> Vec<&'static str> {
-        let (violations, _) = check_stream("test", &watches, &log, &history, 6, CheckOptions::default());
+        let (violations, _) =
+            check_stream("test", &watches, &log, &history, 6, CheckOptions::default());
         violations.0.keys().copied().collect()
     };
-    let good: Vec<Resp> = std::iter::once(created.clone()).chain((2..=6).map(events_at)).collect();
-    assert_eq!(check(good.clone()), Vec::<&str>::new(), "a correct recording");
+    let good: Vec<Resp> = std::iter::once(created.clone())
+        .chain((2..=6).map(events_at))
+        .collect();
+    assert_eq!(
+        check(good.clone()),
+        Vec::<&str>::new(),
+        "a correct recording"
+    );
 
     let mut gap = good.clone();
     gap.remove(3);
@@ -395,7 +457,10 @@ fn the_checker_reports_each_kind_of_fault() {
     let mut second_half = events_at(4);
     second_half.events.remove(0);
     split.splice(3..4, [first_half, second_half]);
-    assert!(check(split).contains(&"ordered"), "a revision split across responses");
+    assert!(
+        check(split).contains(&"ordered"),
+        "a revision split across responses"
+    );
 
     let mut events_before_created = good.clone();
     events_before_created.swap(0, 1);
@@ -404,7 +469,14 @@ fn the_checker_reports_each_kind_of_fault() {
     let mut extra = good;
     extra[1].events.push(Ev {
         kind: Kind::Put,
-        kv: Kv { key: b"g/zz".to_vec(), value: b"x".to_vec(), create_revision: 2, mod_revision: 2, version: 1, lease: 0 },
+        kv: Kv {
+            key: b"g/zz".to_vec(),
+            value: b"x".to_vec(),
+            create_revision: 2,
+            mod_revision: 2,
+            version: 1,
+            lease: 0,
+        },
         prev: None,
     });
     assert!(check(extra).contains(&"no-extra"));

@@ -55,6 +55,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        super::watch::check_leader(request.metadata(), self.member.raft_status().leader)?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
         let member = self.member.clone();

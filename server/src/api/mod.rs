@@ -10,7 +10,7 @@ mod maintenance;
 pub mod message_limit;
 pub mod status;
 pub mod validate;
-mod watch;
+pub mod watch;
 
 use std::sync::Arc;
 

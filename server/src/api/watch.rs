@@ -43,16 +43,22 @@ pub fn requires_leader(metadata: &MetadataMap) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// etcd's stream check: a stream that requires a leader is refused while there is none.
+pub fn check_leader(metadata: &MetadataMap, leader: Option<u64>) -> Result<bool, Status> {
+    let needs_leader = requires_leader(metadata);
+    if needs_leader && leader.is_none() {
+        return Err(EtcdError::NoLeader.into());
+    }
+    Ok(needs_leader)
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let needs_leader = requires_leader(request.metadata());
-        if needs_leader && self.member.raft_status().leader.is_none() {
-            return Err(EtcdError::NoLeader.into());
-        }
+        let needs_leader = check_leader(request.metadata(), self.member.raft_status().leader)?;
         let requests = request.into_inner();
         let (stream, messages) = self.member.store().watch_hub().open_stream();
         tokio::spawn(read_requests(requests, stream));
@@ -176,7 +182,11 @@ fn to_responses(member: &Member, message: WatchMessage) -> Vec<WatchResponse> {
                 ..response(revision, watch_id)
             };
             if fragment {
-                fragments(whole, member.limits().max_request_bytes)
+                // etcd splits at its gRPC message limit: --max-request-bytes plus the overhead.
+                fragments(
+                    whole,
+                    member.limits().max_request_bytes + super::GRPC_OVERHEAD_BYTES,
+                )
             } else {
                 vec![whole]
             }
@@ -227,6 +237,17 @@ fn fragments(whole: WatchResponse, limit: usize) -> Vec<WatchResponse> {
 mod tests {
     use super::*;
     use crate::proto::mvccpb::{Event, KeyValue};
+
+    #[test]
+    fn a_stream_requiring_a_leader_is_refused_without_one() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(check_leader(&metadata, None).ok(), Some(false));
+        metadata.insert("hasleader", "true".parse().expect("ascii"));
+        assert_eq!(check_leader(&metadata, Some(7)).ok(), Some(true));
+        let refused = check_leader(&metadata, None).expect_err("no leader");
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(refused.message(), "etcdserver: no leader");
+    }
 
     #[test]
     fn fragments_keep_every_event_in_order_and_mark_all_but_the_last() {

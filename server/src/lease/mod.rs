@@ -32,6 +32,9 @@ struct Lease {
     ttl: i64,
     /// Remaining TTL recorded by the last checkpoint (seconds); 0 when none is recorded.
     checkpoint: i64,
+    /// Bumped by every clear (a renewal after a checkpoint); a checkpoint measured in an older
+    /// generation is stale.
+    generation: i64,
     /// When it expires; only the leader tracks this.
     expiry: Option<Instant>,
 }
@@ -44,6 +47,8 @@ struct State {
     primary: bool,
     /// Expired leases whose revoke has been proposed.
     revoking: HashSet<i64>,
+    /// Leases with a checkpoint proposed but not applied yet: a renewal must clear it.
+    checkpointing: HashSet<i64>,
 }
 
 pub struct Lessor {
@@ -69,17 +74,22 @@ fn lease_key(id: i64) -> [u8; 8] {
     (id as u64).to_be_bytes()
 }
 
-fn encode_lease(lease: &Lease) -> [u8; 16] {
-    let mut out = [0u8; 16];
+fn encode_lease(lease: &Lease) -> [u8; 24] {
+    let mut out = [0u8; 24];
     out[..8].copy_from_slice(&lease.ttl.to_be_bytes());
-    out[8..].copy_from_slice(&lease.checkpoint.to_be_bytes());
+    out[8..16].copy_from_slice(&lease.checkpoint.to_be_bytes());
+    out[16..].copy_from_slice(&lease.generation.to_be_bytes());
     out
 }
 
 fn decode_lease(bytes: &[u8]) -> Option<Lease> {
+    let field = |range: std::ops::Range<usize>| -> Option<i64> {
+        Some(i64::from_be_bytes(bytes.get(range)?.try_into().ok()?))
+    };
     Some(Lease {
-        ttl: i64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
-        checkpoint: i64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
+        ttl: field(0..8)?,
+        checkpoint: field(8..16)?,
+        generation: field(16..24)?,
         expiry: None,
     })
 }
@@ -167,6 +177,7 @@ impl Lessor {
         let mut lease = Lease {
             ttl,
             checkpoint: 0,
+            generation: 0,
             expiry: None,
         };
         txn.batch_mut().put_cf(
@@ -261,6 +272,7 @@ impl Lessor {
         state.primary = false;
         state.queue.clear();
         state.revoking.clear();
+        state.checkpointing.clear();
         for lease in state.leases.values_mut() {
             lease.expiry = None;
         }
@@ -288,7 +300,7 @@ impl Lessor {
         lease.expiry = Some(expiry);
         let renewal = Renewal::Renewed {
             ttl: lease.ttl,
-            clear_checkpoint: lease.checkpoint > 0,
+            clear_checkpoint: lease.checkpoint > 0 || state.checkpointing.contains(&id),
         };
         state.queue.push(Reverse((expiry, id)));
         renewal
@@ -330,15 +342,16 @@ impl Lessor {
     }
 
     /// Remaining TTLs worth recording: leases that aged at least `min_age` since their last
-    /// renewal or checkpoint. Rounded up, so a restart never shortens a lease.
+    /// renewal or checkpoint. Rounded up, so a restart never shortens a lease. The leases are
+    /// marked as being checkpointed until the checkpoint is applied or abandoned.
     pub fn due_checkpoints(&self, min_age: Duration) -> Vec<LeaseCheckpoint> {
-        let state = self.lock();
+        let mut state = self.lock();
         if !state.primary {
             return Vec::new();
         }
         let now = Instant::now();
         let min_age = min_age.as_secs() as i64;
-        state
+        let due: Vec<LeaseCheckpoint> = state
             .leases
             .iter()
             .filter_map(|(id, lease)| {
@@ -352,9 +365,20 @@ impl Lessor {
                 (remaining > 0 && recorded - remaining >= min_age).then_some(LeaseCheckpoint {
                     id: *id,
                     remaining_ttl: remaining,
+                    generation: lease.generation,
                 })
             })
-            .collect()
+            .collect();
+        state.checkpointing.extend(due.iter().map(|c| c.id));
+        due
+    }
+
+    /// A checkpoint proposal that failed: its leases are no longer being checkpointed.
+    pub fn checkpoints_abandoned(&self, checkpoints: &[LeaseCheckpoint]) {
+        let mut state = self.lock();
+        for cp in checkpoints {
+            state.checkpointing.remove(&cp.id);
+        }
     }
 
     /// (remaining seconds, granted TTL) of a lease, as the leader sees it.
@@ -369,10 +393,16 @@ impl Lessor {
         Some((remaining, lease.ttl))
     }
 
+    /// Lease IDs, soonest to expire first (as etcd's leader lists them), then by ID.
     pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        let state = self.lock();
+        let mut leases: Vec<(Option<Instant>, i64)> =
+            state.leases.iter().map(|(id, l)| (l.expiry, *id)).collect();
+        leases.sort_unstable_by(|a, b| match (a.0, b.0) {
+            (Some(x), Some(y)) => x.cmp(&y).then(a.1.cmp(&b.1)),
+            _ => a.1.cmp(&b.1),
+        });
+        leases.into_iter().map(|(_, id)| id).collect()
     }
 }
 

@@ -14,7 +14,7 @@ use crate::lease::Lessor;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
-use crate::proto::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType};
+use crate::proto::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType, LeaseCheckpointResponse};
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
@@ -114,7 +114,9 @@ impl Applier {
             Request::LeaseRevoke(r) => Response::LeaseRevoke(self.lessor.apply_revoke(txn, r)?),
             Request::LeaseCheckpoint(r) => {
                 self.lessor.apply_checkpoints(txn.batch_mut(), r);
-                return Ok(None);
+                Response::LeaseCheckpoint(LeaseCheckpointResponse {
+                    header: Some(Default::default()),
+                })
             }
         };
         Ok(Some(response))

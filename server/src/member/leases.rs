@@ -22,10 +22,10 @@ use crate::proto::raftpb::{LeaseCheckpoint, LeaseCheckpointBatch};
 const LEASE_COST: usize = 64;
 /// How often the leader looks for expired leases (expiry is due within a second).
 const EXPIRY_SCAN: Duration = Duration::from_millis(100);
-/// Revokes proposed at once when many leases expire together.
-const REVOKES_IN_FLIGHT: usize = 64;
-/// Expired leases taken per scan.
-const EXPIRED_PER_SCAN: usize = 1000;
+/// Revokes proposed at once when many leases expire together (they share raft appends).
+const REVOKES_IN_FLIGHT: usize = 256;
+/// Expired leases taken per scan; the in-flight limit is what bounds the work.
+const EXPIRED_PER_SCAN: usize = 10_000;
 /// How often remaining TTLs are checkpointed, and the staleness that earns a checkpoint.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 /// Checkpoints per raft entry (etcd's batch limit).
@@ -80,6 +80,7 @@ impl Member {
                     self.checkpoint(vec![LeaseCheckpoint {
                         id,
                         remaining_ttl: 0,
+                        generation: 0,
                     }])
                     .await?;
                 }
@@ -198,7 +199,7 @@ impl Member {
                 for chunk in due.chunks(CHECKPOINTS_PER_ENTRY) {
                     if let Err(e) = member.checkpoint(chunk.to_vec()).await {
                         tracing::warn!(error = %e, "checkpointing lease TTLs failed");
-                        break;
+                        member.lessor.checkpoints_abandoned(chunk);
                     }
                 }
             }

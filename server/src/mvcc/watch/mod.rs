@@ -22,6 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use tokio::sync::mpsc;
 
 use super::read::KeyRange;
@@ -36,6 +37,9 @@ use index::MatchIndex;
 pub const STREAM_BUFFER: usize = 128;
 /// Bytes of history read per catch-up round.
 const CATCH_UP_BYTES: usize = 4 << 20;
+/// Bytes of events per catch-up message (several whole revisions); small enough for clients'
+/// default 4 MiB receive limit.
+const CATCH_UP_MESSAGE_BYTES: usize = 1 << 20;
 /// How often the catch-up thread retries watchers whose streams were full.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(10);
 /// Progress notifications for idle watchers, by default (etcd's default).
@@ -394,11 +398,19 @@ impl WatchStream {
         } else {
             spec.watch_id
         };
-        if watch_id < 0 || stream.watches.contains(&watch_id) {
+        // etcd accepts negative IDs too; -1 answers progress requests, so it stays reserved.
+        let refusal = if watch_id == STREAM_PROGRESS_ID {
+            Some("keelson: watch ID -1 is reserved for progress notifications")
+        } else if stream.watches.contains(&watch_id) {
+            Some("mvcc: duplicate watch ID provided on the WatchStream")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             permit.send(WatchMessage::Refused {
                 watch_id: STREAM_PROGRESS_ID,
                 revision: current,
-                reason: "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                reason: reason.into(),
             });
             return Ok(());
         }
@@ -553,9 +565,18 @@ struct Behind {
 fn catch_up_round(hub: &WatchHub) {
     let (behind, current) = {
         let state = hub.lock();
+        // A watcher whose stream is still full cannot take anything: reading history for it
+        // would be wasted work, over and over, until its client reads again.
+        let has_room = |key: &WatcherKey| {
+            state
+                .streams
+                .get(&key.stream)
+                .is_some_and(|s| s.tx.capacity() > 0)
+        };
         let behind: Vec<Behind> = state
             .unsynced
             .iter()
+            .filter(|key| has_room(key))
             .filter_map(|key| {
                 state.watchers.get(key).map(|w| Behind {
                     key: *key,
@@ -613,7 +634,9 @@ fn cancel_compacted(state: &mut HubState, key: WatcherKey, compact_revision: i64
     }
 }
 
-/// Hands `behind` its share of `history`, as much as its stream takes.
+/// Hands `behind` its share of `history`, as much as its stream takes. Several revisions go
+/// in one message (whole revisions only, about `CATCH_UP_MESSAGE_BYTES` each), as etcd sends
+/// history, so that catching up is not one message per revision.
 fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::History) {
     let current = state.current;
     let Some(w) = state.watchers.get(&behind.key) else {
@@ -626,13 +649,13 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
     let Some(tx) = state.streams.get(&behind.key.stream).map(|s| s.tx.clone()) else {
         return;
     };
-    let mut next_rev = w.next_rev;
+    let watch_id = behind.key.watch;
+    let fragment = w.spec.fragment;
+    let mut handled_through = w.next_rev - 1;
+    let mut pending: Option<Batch> = None;
     let mut stalled = false;
     let mut sent = false;
-    for (revision, events) in &history.revisions {
-        if *revision < next_rev {
-            continue;
-        }
+    for (revision, events) in history.revisions.iter().filter(|(r, _)| *r >= w.next_rev) {
         let mine: Vec<Event> = events
             .iter()
             .filter(|e| {
@@ -642,29 +665,89 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
             .filter(|e| w.wants(e))
             .map(|e| w.shape(e))
             .collect();
-        if !mine.is_empty() {
-            let message = WatchMessage::Events {
-                watch_id: behind.key.watch,
-                revision: *revision,
-                events: mine,
-                fragment: w.spec.fragment,
-            };
-            if tx.try_send(message).is_err() {
-                stalled = true;
-                break;
+        if mine.is_empty() {
+            if pending.is_none() {
+                handled_through = *revision;
             }
-            sent = true;
+            continue;
         }
-        next_rev = revision + 1;
+        let size: usize = mine.iter().map(Message::encoded_len).sum();
+        if pending
+            .as_ref()
+            .is_some_and(|p| p.bytes + size > CATCH_UP_MESSAGE_BYTES)
+        {
+            let full = pending.take().map(|p| p.into_message(watch_id, fragment));
+            match full.map(|(last, m)| (last, tx.try_send(m))) {
+                Some((last, Ok(()))) => {
+                    handled_through = last;
+                    sent = true;
+                }
+                _ => {
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        let batch = pending.get_or_insert_with(|| Batch::starting_at(*revision));
+        batch.add(*revision, mine, size);
     }
     if !stalled {
-        next_rev = next_rev.max(history.read_through + 1);
+        match pending.take() {
+            None => handled_through = handled_through.max(history.read_through),
+            Some(batch) => {
+                let (_, message) = batch.into_message(watch_id, fragment);
+                if tx.try_send(message).is_ok() {
+                    handled_through = handled_through.max(history.read_through);
+                    sent = true;
+                }
+            }
+        }
     }
+    let next_rev = handled_through + 1;
     if let Some(w) = state.watchers.get_mut(&behind.key) {
         w.next_rev = next_rev;
         w.sent_since_tick |= sent;
     }
     if next_rev > current {
         mark_synced(state, behind.key);
+    }
+}
+
+/// Events of consecutive revisions waiting to be sent as one message.
+struct Batch {
+    first: i64,
+    last: i64,
+    events: Vec<Event>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn starting_at(revision: i64) -> Self {
+        Self {
+            first: revision,
+            last: revision,
+            events: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn add(&mut self, revision: i64, events: Vec<Event>, bytes: usize) {
+        self.last = revision;
+        self.events.extend(events);
+        self.bytes += bytes;
+    }
+
+    /// The message, and the last revision it completes.
+    fn into_message(self, watch_id: i64, fragment: bool) -> (i64, WatchMessage) {
+        debug_assert!(self.first <= self.last);
+        (
+            self.last,
+            WatchMessage::Events {
+                watch_id,
+                revision: self.last,
+                events: self.events,
+                fragment,
+            },
+        )
     }
 }
