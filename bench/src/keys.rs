@@ -54,12 +54,21 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// A value of `size` bytes (at least 8) whose first 8 bytes are the microseconds since
+/// A value of `size` random bytes. Values are random, and differ from one write to the next,
+/// so that a store that compresses its data (RocksDB does) gains nothing a real workload would
+/// not give it; etcd's own benchmark tool writes random bytes too.
+pub fn random_value(size: usize) -> Vec<u8> {
+    let mut value = vec![0u8; size];
+    fastrand::fill(&mut value);
+    value
+}
+
+/// A random value of `size` bytes (at least 8) whose first 8 bytes are the microseconds since
 /// [`epoch`] at the moment it was made: a watcher in this process decodes them to measure the
-/// put-to-event latency. The rest is filler.
+/// put-to-event latency.
 pub fn timed_value(size: usize) -> Vec<u8> {
     let micros = epoch().elapsed().as_micros() as u64;
-    let mut value = vec![b'v'; size.max(8)];
+    let mut value = random_value(size.max(8));
     value[..8].copy_from_slice(&micros.to_be_bytes());
     value
 }
@@ -69,11 +78,6 @@ pub fn value_age_micros(value: &[u8]) -> Option<u64> {
     let stamp = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
     let now = epoch().elapsed().as_micros() as u64;
     now.checked_sub(stamp)
-}
-
-/// A value of `size` filler bytes.
-pub fn plain_value(size: usize) -> Vec<u8> {
-    vec![b'v'; size]
 }
 
 #[cfg(test)]
@@ -99,5 +103,6 @@ mod tests {
         let v = timed_value(256);
         assert_eq!(v.len(), 256);
         assert!(value_age_micros(&v).expect("decodes") < 10_000_000);
+        assert_ne!(random_value(256), random_value(256));
     }
 }

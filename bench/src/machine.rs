@@ -86,7 +86,12 @@ fn git_commit(repo: &Path) -> String {
     if head.is_empty() {
         return "unknown".into();
     }
-    let dirty = !run("git", &["status", "--porcelain", "--untracked-files=no"], Some(repo)).is_empty();
+    let dirty = !run(
+        "git",
+        &["status", "--porcelain", "--untracked-files=no"],
+        Some(repo),
+    )
+    .is_empty();
     if dirty {
         format!("{head} + uncommitted changes")
     } else {
@@ -121,7 +126,11 @@ fn disk_of(dir: &Path) -> String {
     format!(
         "{source} ({fstype}, {:.0} GiB, {rotational}{})",
         size_kib as f64 / 1024.0 / 1024.0,
-        if model.is_empty() { String::new() } else { format!(", {model}") }
+        if model.is_empty() {
+            String::new()
+        } else {
+            format!(", {model}")
+        }
     )
 }
 
@@ -213,9 +222,109 @@ pub fn free_disk_and_memory(dir: &Path) -> (u64, u64) {
     (disk, mem)
 }
 
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// CPU seconds the whole machine has spent busy (every core, every process) since boot.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy =
+        v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0.0);
+    Some(busy / clock_ticks())
+}
+
+/// Where the CPU went while a server was measured: the server, this load generator, and every
+/// other process on the machine (which makes the numbers noisier, and is reported).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct CpuUse {
+    pub server_secs: f64,
+    pub bench_secs: f64,
+    pub other_secs: f64,
+    pub wall_secs: f64,
+}
+
+pub struct CpuMeter {
+    start: Instant,
+    machine: Option<f64>,
+    bench: Option<f64>,
+    server: Option<f64>,
+    server_pid: Option<u32>,
+}
+
+impl CpuMeter {
+    pub fn start(server_pid: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            start: Instant::now(),
+            machine: machine_busy_seconds(),
+            bench: process_cpu_seconds("self"),
+            server: server_pid.and_then(|p| process_cpu_seconds(&p.to_string())),
+            server_pid,
+        }
+    }
+
+    /// Call while the server still runs.
+    pub fn stop(&self) -> CpuUse {
+        let delta = |before: Option<f64>, now: Option<f64>| match (before, now) {
+            (Some(b), Some(n)) => (n - b).max(0.0),
+            _ => 0.0,
+        };
+        let machine = delta(self.machine, machine_busy_seconds());
+        let bench = delta(self.bench, process_cpu_seconds("self"));
+        let server = delta(
+            self.server,
+            self.server_pid
+                .and_then(|p| process_cpu_seconds(&p.to_string())),
+        );
+        CpuUse {
+            server_secs: server,
+            bench_secs: bench,
+            other_secs: (machine - bench - server).max(0.0),
+            wall_secs: self.start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_of_self() {
+        // Spin for 150 ms so that at least a few clock ticks are charged to this process.
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(150) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(process_cpu_seconds("self").expect("readable") > 0.0);
+        assert!(machine_busy_seconds().expect("readable") > 0.0);
+    }
 
     #[test]
     fn civil_dates() {

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::opts::{
-    CasArgs, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, TxnPutArgs, WatchArgs,
-};
+use crate::opts::{CasArgs, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, TxnPutArgs, WatchArgs};
 use crate::report::{Report, Status};
 
 #[derive(Parser)]
-#[command(name = "keelson-bench", version, about = "Load generator and benchmark suite for the etcd v3 API")]
+#[command(
+    name = "keelson-bench",
+    version,
+    about = "Load generator and benchmark suite for the etcd v3 API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -104,6 +106,12 @@ enum Cmd {
         #[command(flatten)]
         args: scale::ScaleArgs,
     },
+    /// Print the Markdown report of a saved LATEST.json or SCALE-LATEST.json again (after the
+    /// report format changed, say).
+    Render {
+        /// The JSON file a suite or scale run wrote.
+        json_file: std::path::PathBuf,
+    },
     /// Load N keys, SIGKILL the server, restart it and time the first linearizable read.
     Restart {
         #[command(flatten)]
@@ -129,7 +137,10 @@ struct Out {
 
 fn print_report(report: &Report, out: &Out) -> ExitCode {
     if out.json {
-        println!("{}", serde_json::to_string_pretty(report).expect("reports serialise"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("reports serialise")
+        );
     } else {
         print!("{}", report.human());
     }
@@ -180,6 +191,27 @@ async fn load_mode(cmd: Cmd) -> ExitCode {
             check!(load);
             print_report(&workload::load_keys(&load, &args).await, &out)
         }
+        Cmd::Render { json_file } => {
+            let text = match std::fs::read_to_string(&json_file) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("keelson-bench: read {}: {e}", json_file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            if let Ok(r) = serde_json::from_str::<suite::SuiteResult>(&text) {
+                println!("{}", suite::markdown(&r));
+            } else if let Ok(r) = serde_json::from_str::<scale::ScaleResult>(&text) {
+                println!("{}", scale::markdown(&r, "`make bench-scale`"));
+            } else {
+                eprintln!(
+                    "keelson-bench: {} holds neither suite nor scale results",
+                    json_file.display()
+                );
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
         Cmd::Suite { .. } | Cmd::Scale { .. } | Cmd::Restart { .. } => unreachable!(),
     }
 }
@@ -227,7 +259,12 @@ async fn orchestrate(cmd: Cmd) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Restart { bins, keys, repeat, json } => {
+        Cmd::Restart {
+            bins,
+            keys,
+            repeat,
+            json,
+        } => {
             let args = scale::ScaleArgs {
                 bins,
                 keys: vec![keys],
@@ -242,9 +279,15 @@ async fn orchestrate(cmd: Cmd) -> Result<(), String> {
             };
             let result = scale::run(args).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&result).expect("results serialise"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).expect("results serialise")
+                );
             } else {
-                println!("{}", scale::markdown(&result, &format!("restart after {keys} keys")));
+                println!(
+                    "{}",
+                    scale::markdown(&result, &format!("restart after {keys} keys"))
+                );
             }
             if result.runs.iter().any(|r| r.failure.is_some()) {
                 return Err("some server runs failed (see the report)".into());
@@ -313,4 +356,3 @@ async fn main() -> ExitCode {
         }
     }
 }
-

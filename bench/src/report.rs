@@ -173,7 +173,13 @@ impl Report {
         }
     }
 
-    pub fn not_run(mode: &str, status: Status, detail: String, conns: usize, clients: usize) -> Report {
+    pub fn not_run(
+        mode: &str,
+        status: Status,
+        detail: String,
+        conns: usize,
+        clients: usize,
+    ) -> Report {
         Report {
             mode: mode.to_string(),
             status,
@@ -272,7 +278,8 @@ mod tests {
         let e = etcd_client::Error::GRpcStatus(tonic::Status::unimplemented("no watch here"));
         assert!(is_unimplemented(&e));
         assert_eq!(error_text(&e), "Unimplemented: no watch here");
-        let other = etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        let other =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
         assert!(!is_unimplemented(&other));
     }
 

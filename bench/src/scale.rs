@@ -94,8 +94,16 @@ pub async fn run(args: ScaleArgs) -> Result<ScaleResult, String> {
         .prefix("keelson-bench-scale-")
         .tempdir_in(&parent)
         .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
-    let repo = args.results_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let machine = machine::describe(work.path(), &args.bins.keelson_bin(), &args.bins.etcd_bin, &repo);
+    let repo = args
+        .results_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("."));
+    let machine = machine::describe(
+        work.path(),
+        &args.bins.keelson_bin(),
+        &args.bins.etcd_bin,
+        &repo,
+    );
     let mut result = ScaleResult {
         machine,
         runs: Vec::new(),
@@ -109,7 +117,7 @@ pub async fn run(args: ScaleArgs) -> Result<ScaleResult, String> {
         if keys * DISK_PER_KEY > free_disk {
             result.notes.push(format!(
                 "skipped {keys} keys: needs about {} GiB of disk, {} GiB free",
-                keys * DISK_PER_KEY >> 30,
+                (keys * DISK_PER_KEY) >> 30,
                 free_disk >> 30
             ));
             continue;
@@ -117,12 +125,14 @@ pub async fn run(args: ScaleArgs) -> Result<ScaleResult, String> {
         if keys * MEM_PER_KEY > free_mem {
             result.notes.push(format!(
                 "skipped {keys} keys: needs about {} GiB of memory, {} GiB available",
-                keys * MEM_PER_KEY >> 30,
+                (keys * MEM_PER_KEY) >> 30,
                 free_mem >> 30
             ));
             continue;
         }
-        let left = deadline.saturating_duration_since(Instant::now()).as_secs_f64();
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
         let predicted = secs_per_key * keys as f64 * kinds.len() as f64;
         if predicted > left {
             result.notes.push(format!(
@@ -149,10 +159,22 @@ pub async fn run(args: ScaleArgs) -> Result<ScaleResult, String> {
     Ok(result)
 }
 
-async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, left: Duration) -> ScaleRun {
-    let mut run = ScaleRun { kind: Some(kind), keys, ..Default::default() };
+async fn one(
+    args: &ScaleArgs,
+    kind: Kind,
+    keys: u64,
+    work: &std::path::Path,
+    left: Duration,
+) -> ScaleRun {
+    let mut run = ScaleRun {
+        kind: Some(kind),
+        keys,
+        ..Default::default()
+    };
     let label = format!("{}-{keys}", kind.name());
-    let spec = args.bins.spec(kind, vec!["--quota-backend-bytes".into(), QUOTA.into()]);
+    let spec = args
+        .bins
+        .spec(kind, vec!["--quota-backend-bytes".into(), QUOTA.into()]);
     let mut server = match ServerProc::start(spec, work, &label, Duration::from_secs(60)).await {
         Ok(s) => s,
         Err(e) => {
@@ -160,7 +182,11 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
             return run;
         }
     };
-    eprintln!("scale: {} ready at {}; loading {keys} keys", kind.name(), server.endpoint());
+    eprintln!(
+        "scale: {} ready at {}; loading {keys} keys",
+        kind.name(),
+        server.endpoint()
+    );
 
     // Load.
     let mut o = LoadOpts::defaults(vec![server.endpoint()]);
@@ -171,7 +197,9 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
     o.key_size = 8;
     o.val_size = args.val_size;
     o.sequential_keys = true;
-    o.duration = left.saturating_sub(Duration::from_secs(60)).max(Duration::from_secs(10));
+    o.duration = left
+        .saturating_sub(Duration::from_secs(60))
+        .max(Duration::from_secs(10));
     o.request_timeout = Duration::from_secs(30);
     let load = workload::load_keys(&o, &LoadKeysArgs { txn_ops: 128 }).await;
     eprintln!("[{} {keys}] {}", kind.name(), load.human().trim_end());
@@ -183,10 +211,19 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
             "load stopped at {} of {keys} keys: {}{}",
             load.ops,
             load.detail.clone().unwrap_or_default(),
-            load.errors.kinds.keys().next().map(|k| format!(" (first error: {k})")).unwrap_or_default()
+            load.errors
+                .kinds
+                .keys()
+                .next()
+                .map(|k| format!(" (first error: {k})"))
+                .unwrap_or_default()
         ));
         if !server.is_running() {
-            run.failure = Some(format!("{}; server died:\n{}", run.failure.take().unwrap_or_default(), server.log_tail(30)));
+            run.failure = Some(format!(
+                "{}; server died:\n{}",
+                run.failure.take().unwrap_or_default(),
+                server.log_tail(30)
+            ));
         }
         server.kill();
         server.remove_files();
@@ -205,7 +242,15 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
         l.key_space_size = keys;
         l.key_size = 8;
         l.duration = Duration::from_secs_f64(args.list_secs);
-        let report = workload::range(&l, &RangeArgs { consistency: Consistency::L, list: true, limit: 0 }).await;
+        let report = workload::range(
+            &l,
+            &RangeArgs {
+                consistency: Consistency::L,
+                list: true,
+                limit: 0,
+            },
+        )
+        .await;
         eprintln!("[{} {keys}] {}", kind.name(), report.human().trim_end());
         run.list = Some(report);
     }
@@ -223,9 +268,28 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
         match server.wait_first_read(spawned, RESTART_TIMEOUT).await {
             Ok(d) => {
                 let ms = d.as_secs_f64() * 1000.0;
-                eprintln!("[{} {keys}] restart {}: first linearizable read after {ms:.0} ms", kind.name(), r + 1);
+                eprintln!(
+                    "[{} {keys}] restart {}: first linearizable read after {ms:.0} ms",
+                    kind.name(),
+                    r + 1
+                );
                 run.restart_ms.push(ms);
                 run.rss_after_restart_bytes = server.rss();
+                // Every acknowledged key must have survived the SIGKILL.
+                match count_keys(&server.endpoint()).await {
+                    Ok(n) if n == keys => {}
+                    Ok(n) => {
+                        run.failure = Some(format!(
+                            "after SIGKILL and restart {}, {n} keys found instead of the {keys} acknowledged",
+                            r + 1
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        run.failure = Some(format!("count after restart {}: {e}", r + 1));
+                        break;
+                    }
+                }
             }
             Err(e) => {
                 run.failure = Some(format!("restart {}: {e}", r + 1));
@@ -239,13 +303,42 @@ async fn one(args: &ScaleArgs, kind: Kind, keys: u64, work: &std::path::Path, le
     run
 }
 
+/// The number of keys in the store (a count-only Range over every key).
+async fn count_keys(endpoint: &str) -> Result<u64, String> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(120));
+    let work = async {
+        let mut client = etcd_client::Client::connect([endpoint], Some(options)).await?;
+        client
+            .get(
+                "",
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_all_keys()
+                        .with_count_only(),
+                ),
+            )
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(130), work).await {
+        Ok(Ok(resp)) => Ok(resp.count() as u64),
+        Ok(Err(e)) => Err(crate::report::error_text(&e)),
+        Err(_) => Err("no answer within 130 s".into()),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn num(v: Option<f64>) -> String {
@@ -259,6 +352,7 @@ fn num(v: Option<f64>) -> String {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a / b < 0.1 => format!("{:.3}", a / b),
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
@@ -267,36 +361,93 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 pub fn markdown(result: &ScaleResult, title: &str) -> String {
     let m = &result.machine;
     let mut out = String::new();
-    let _ = writeln!(out, "<!-- keelson-bench run: {} -->", machine::file_stamp(&m.date_utc));
+    let _ = writeln!(
+        out,
+        "<!-- keelson-bench run: {} -->",
+        machine::file_stamp(&m.date_utc)
+    );
     let _ = writeln!(out, "# keelson vs etcd: {title}\n");
     let _ = writeln!(out, "- date: {}", m.date_utc);
-    let _ = writeln!(out, "- machine: {} cores ({}), {} GiB RAM, kernel {}", m.cores, m.cpu_model, m.memory_gib, m.kernel);
-    let _ = writeln!(out, "- disk (both data dirs): {}; 4 KiB write+fdatasync: {}", m.disk, m.fsync_probe);
-    let _ = writeln!(out, "- keelson: {} (commit {})", m.keelson_version, m.keelson_commit);
+    let _ = writeln!(
+        out,
+        "- machine: {} cores ({}), {} GiB RAM, kernel {}",
+        m.cores, m.cpu_model, m.memory_gib, m.kernel
+    );
+    let _ = writeln!(
+        out,
+        "- disk (both data dirs): {}; 4 KiB write+fdatasync: {}",
+        m.disk, m.fsync_probe
+    );
+    let _ = writeln!(
+        out,
+        "- keelson: {} (commit {})",
+        m.keelson_version, m.keelson_commit
+    );
     let _ = writeln!(out, "- etcd: {}", m.etcd_version);
-    let _ = writeln!(out, "- both servers: default flags (fsync on) plus --quota-backend-bytes {QUOTA}; keys 8 bytes (zero-padded numbers), values 256 bytes, loaded with txns of 128 puts; restart = SIGKILL, spawn on the same data dir, time to the first successful linearizable Range (fresh connection, polled every 5 ms); wall time {:.0} s\n", result.wall_secs);
+    let _ = writeln!(out, "- both servers: default flags (fsync on) plus --quota-backend-bytes {QUOTA}; keys 8 bytes (zero-padded numbers), values 256 bytes, loaded with txns of 128 puts; restart = SIGKILL, spawn on the same data dir, time to the first successful linearizable Range (fresh connection, polled every 5 ms), then a count-only Range checks that every loaded key survived; wall time {:.0} s\n", result.wall_secs);
     let mut sizes: Vec<u64> = result.runs.iter().map(|r| r.keys).collect();
     sizes.dedup();
     let _ = writeln!(out, "Ratios are keelson / etcd. Lower is better for keelson everywhere except the load rate and LIST throughput (higher is better).\n");
     let _ = writeln!(out, "| keys | metric | keelson | etcd | keelson / etcd |");
     let _ = writeln!(out, "|---:|---|---:|---:|---:|");
     for keys in sizes {
-        let get = |kind: Kind| result.runs.iter().find(|r| r.keys == keys && r.kind == Some(kind));
+        let get = |kind: Kind| {
+            result
+                .runs
+                .iter()
+                .find(|r| r.keys == keys && r.kind == Some(kind))
+        };
         let k = get(Kind::Keelson);
         let e = get(Kind::Etcd);
         type F = fn(&ScaleRun) -> Option<f64>;
         let rows: Vec<(&str, F)> = vec![
-            ("load rate, keys/s ↑", |r| (r.load_keys_per_sec > 0.0).then_some(r.load_keys_per_sec)),
-            ("load time, s", |r| (r.load_secs > 0.0).then_some(r.load_secs)),
-            ("RSS after load, MiB", |r| r.rss_after_load_bytes.map(|b| b as f64 / 1048576.0)),
-            ("peak RSS during load, MiB", |r| r.peak_rss_after_load_bytes.map(|b| b as f64 / 1048576.0)),
-            ("data dir after load, MiB", |r| (r.data_dir_bytes > 0).then_some(r.data_dir_bytes as f64 / 1048576.0)),
-            ("LIST 1000 keys, 16 clients, lists/s ↑", |r| r.list.as_ref().filter(|l| l.status == Status::Ok).map(|l| l.ops_per_sec)),
-            ("LIST p50, ms", |r| r.list.as_ref().filter(|l| l.status == Status::Ok).map(|l| l.latency.p50_ms)),
-            ("LIST p99, ms", |r| r.list.as_ref().filter(|l| l.status == Status::Ok).map(|l| l.latency.p99_ms)),
-            ("restart to first linearizable read, ms (median)", |r| median(r.restart_ms.clone())),
-            ("RSS after restart + first read, MiB", |r| r.rss_after_restart_bytes.map(|b| b as f64 / 1048576.0)),
-            ("data dir after restarts, MiB", |r| (r.data_dir_after_restart_bytes > 0).then_some(r.data_dir_after_restart_bytes as f64 / 1048576.0)),
+            ("load rate, keys/s ↑", |r| {
+                (r.load_keys_per_sec > 0.0).then_some(r.load_keys_per_sec)
+            }),
+            ("load time, s", |r| {
+                (r.load_secs > 0.0).then_some(r.load_secs)
+            }),
+            ("RSS after load, MiB", |r| {
+                r.rss_after_load_bytes.map(|b| b as f64 / 1048576.0)
+            }),
+            ("peak RSS during load, MiB", |r| {
+                r.peak_rss_after_load_bytes.map(|b| b as f64 / 1048576.0)
+            }),
+            ("data dir after load, MiB", |r| {
+                (r.data_dir_bytes > 0).then_some(r.data_dir_bytes as f64 / 1048576.0)
+            }),
+            ("LIST 1000 keys, 16 clients, lists/s ↑", |r| {
+                r.list
+                    .as_ref()
+                    .filter(|l| l.status == Status::Ok)
+                    .map(|l| l.ops_per_sec)
+            }),
+            ("LIST p50, ms", |r| {
+                r.list
+                    .as_ref()
+                    .filter(|l| l.status == Status::Ok)
+                    .map(|l| l.latency.p50_ms)
+            }),
+            ("LIST p99, ms", |r| {
+                r.list
+                    .as_ref()
+                    .filter(|l| l.status == Status::Ok)
+                    .map(|l| l.latency.p99_ms)
+            }),
+            (
+                "first restart after the load (SIGKILL) to first linearizable read, ms",
+                |r| r.restart_ms.first().copied(),
+            ),
+            ("restart to first linearizable read, ms (median)", |r| {
+                median(r.restart_ms.clone())
+            }),
+            ("RSS after restart + first read, MiB", |r| {
+                r.rss_after_restart_bytes.map(|b| b as f64 / 1048576.0)
+            }),
+            ("data dir after restarts, MiB", |r| {
+                (r.data_dir_after_restart_bytes > 0)
+                    .then_some(r.data_dir_after_restart_bytes as f64 / 1048576.0)
+            }),
         ];
         for (label, f) in rows {
             let a = k.and_then(f);
@@ -304,14 +455,24 @@ pub fn markdown(result: &ScaleResult, title: &str) -> String {
             if a.is_none() && b.is_none() {
                 continue;
             }
-            let _ = writeln!(out, "| {keys} | {label} | {} | {} | {} |", num(a), num(b), ratio(a, b));
+            let _ = writeln!(
+                out,
+                "| {keys} | {label} | {} | {} | {} |",
+                num(a),
+                num(b),
+                ratio(a, b)
+            );
         }
         for run in [k, e].into_iter().flatten() {
             let _ = writeln!(
                 out,
                 "| {keys} | {} restarts, ms | {} |  |  |",
                 run.kind.map_or("?", |k| k.name()),
-                run.restart_ms.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
+                run.restart_ms
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -319,17 +480,30 @@ pub fn markdown(result: &ScaleResult, title: &str) -> String {
     for r in &result.runs {
         let name = r.kind.map_or("?", |k| k.name());
         if let Some(f) = &r.failure {
-            problems.push(format!("{name} {} keys: **{}**\n\n```\n{}\n```", r.keys, f.lines().next().unwrap_or(""), f.lines().skip(1).collect::<Vec<_>>().join("\n")));
+            problems.push(format!(
+                "{name} {} keys: **{}**\n\n```\n{}\n```",
+                r.keys,
+                f.lines().next().unwrap_or(""),
+                f.lines().skip(1).collect::<Vec<_>>().join("\n")
+            ));
         }
         if r.load_errors > 0 {
-            problems.push(format!("{name} {} keys: {} errors while loading", r.keys, r.load_errors));
+            problems.push(format!(
+                "{name} {} keys: {} errors while loading",
+                r.keys, r.load_errors
+            ));
         }
         if let Some(l) = &r.list {
             for (text, n) in &l.errors.kinds {
                 problems.push(format!("{name} {} keys LIST: {n} × `{text}`", r.keys));
             }
             if l.status != Status::Ok {
-                problems.push(format!("{name} {} keys LIST: {:?} {}", r.keys, l.status, l.detail.clone().unwrap_or_default()));
+                problems.push(format!(
+                    "{name} {} keys LIST: {:?} {}",
+                    r.keys,
+                    l.status,
+                    l.detail.clone().unwrap_or_default()
+                ));
             }
         }
     }

@@ -21,7 +21,9 @@ pub const READY_LINE: &str = "ready to serve client requests";
 const POLL: Duration = Duration::from_millis(5);
 const PORT_ATTEMPTS: usize = 3;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Keelson,
@@ -57,12 +59,18 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts a member on a fresh data directory `<parent>/<label>` and waits until it is
     /// ready (log line and an answered Range), at most `timeout`.
-    pub async fn start(spec: ServerSpec, parent: &Path, label: &str, timeout: Duration) -> Result<ServerProc, String> {
+    pub async fn start(
+        spec: ServerSpec,
+        parent: &Path,
+        label: &str,
+        timeout: Duration,
+    ) -> Result<ServerProc, String> {
         let mut last = String::new();
         for attempt in 0..PORT_ATTEMPTS {
             let dir = parent.join(format!("{label}-{attempt}"));
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| format!("clean {}: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("clean {}: {e}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
             let (client_port, peer_port) = two_free_ports()?;
@@ -78,7 +86,10 @@ impl ServerProc {
             match server.wait_ready(timeout).await {
                 Ok(_) => return Ok(server),
                 Err(e) => {
-                    let in_use = server.log_tail(40).to_lowercase().contains("address already in use");
+                    let in_use = server
+                        .log_tail(40)
+                        .to_lowercase()
+                        .contains("address already in use");
                     server.kill();
                     let _ = std::fs::remove_dir_all(&server.dir);
                     if !in_use {
@@ -88,7 +99,9 @@ impl ServerProc {
                 }
             }
         }
-        Err(format!("no free ports after {PORT_ATTEMPTS} attempts: {last}"))
+        Err(format!(
+            "no free ports after {PORT_ATTEMPTS} attempts: {last}"
+        ))
     }
 
     pub fn endpoint(&self) -> String {
@@ -171,9 +184,13 @@ impl ServerProc {
             });
         }
         let t = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("start {} ({}): {e}", self.spec.kind.name(), self.spec.bin.display()))?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "start {} ({}): {e}",
+                self.spec.kind.name(),
+                self.spec.bin.display()
+            )
+        })?;
         self.child = Some(child);
         Ok(t)
     }
@@ -183,7 +200,11 @@ impl ServerProc {
         let start = Instant::now();
         loop {
             self.check_alive()?;
-            if self.log_contains(READY_LINE) && first_read(&self.endpoint(), Duration::from_secs(2)).await.is_ok() {
+            if self.log_contains(READY_LINE)
+                && first_read(&self.endpoint(), Duration::from_secs(2))
+                    .await
+                    .is_ok()
+            {
                 return Ok(start.elapsed());
             }
             if start.elapsed() >= timeout {
@@ -199,7 +220,11 @@ impl ServerProc {
 
     /// Polls with a fresh connection each time until a linearizable Range succeeds; returns
     /// the time since `since` (the spawn instant).
-    pub async fn wait_first_read(&mut self, since: Instant, timeout: Duration) -> Result<Duration, String> {
+    pub async fn wait_first_read(
+        &mut self,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
         loop {
             self.check_alive()?;
             let last_error = match first_read(&self.endpoint(), Duration::from_secs(2)).await {

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -180,10 +179,21 @@ fn unsupported_or_failed(mode: &str, opts: &LoadOpts, detail: String) -> Report 
 }
 
 /// A run whose every attempt failed with `Unimplemented` is reported as unsupported.
-fn finish(mode: &str, unit: &str, opts: &LoadOpts, rec: Recorder, ops: u64, elapsed: Duration) -> Report {
+fn finish(
+    mode: &str,
+    unit: &str,
+    opts: &LoadOpts,
+    rec: Recorder,
+    ops: u64,
+    elapsed: Duration,
+) -> Report {
     let all_unimplemented = ops == 0
         && rec.errors.total > 0
-        && rec.errors.kinds.keys().all(|k| k.starts_with("Unimplemented"));
+        && rec
+            .errors
+            .kinds
+            .keys()
+            .all(|k| k.starts_with("Unimplemented"));
     if all_unimplemented {
         let detail = rec.errors.kinds.keys().next().cloned().unwrap_or_default();
         return Report::not_run(mode, Status::Unsupported, detail, opts.conns, opts.clients);
@@ -200,18 +210,22 @@ pub async fn put(opts: &LoadOpts) -> Report {
         Err(e) => return unsupported_or_failed("put", opts, e),
     };
     let keys = KeyGen::new(&opts.prefix, opts.key_size, opts.key_space_size);
-    let value = keys::plain_value(opts.val_size);
     let pacer = Arc::new(Pacer::new(opts.total, opts.duration, opts.rate));
     let rec = run_workers(opts.clients, worker_limit(opts), |w| {
         let mut kv = clients[w % clients.len()].kv_client();
-        let (pacer, keys, value, opts) = (pacer.clone(), keys.clone(), value.clone(), opts.clone());
+        let (pacer, keys, opts) = (pacer.clone(), keys.clone(), opts.clone());
         async move {
             let mut rec = Recorder::new();
             let mut picker = KeyPicker::new(&opts, w);
             while let Some(i) = pacer.next().await {
                 let key = keys.key(picker.pick(i));
                 let t = Instant::now();
-                match bounded(opts.request_timeout, kv.put(key, value.clone(), None)).await {
+                match bounded(
+                    opts.request_timeout,
+                    kv.put(key, keys::random_value(opts.val_size), None),
+                )
+                .await
+                {
                     Ok(_) => rec.record(t.elapsed()),
                     Err(e) => rec.error(e),
                 }
@@ -288,7 +302,14 @@ pub async fn range(opts: &LoadOpts, args: &RangeArgs) -> Report {
     .await;
     let elapsed = pacer.start().elapsed();
     let ops = rec.hist.len();
-    finish(mode, if args.list { "list" } else { "range" }, opts, rec, ops, elapsed)
+    finish(
+        mode,
+        if args.list { "list" } else { "range" },
+        opts,
+        rec,
+        ops,
+        elapsed,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -307,19 +328,28 @@ pub async fn txn_put(opts: &LoadOpts, args: &TxnPutArgs) -> Report {
         );
     }
     let keys = KeyGen::new(&opts.prefix, opts.key_size, opts.key_space_size);
-    let value = keys::plain_value(opts.val_size);
     let pacer = Arc::new(Pacer::new(opts.total, opts.duration, opts.rate));
     let rec = run_workers(opts.clients, worker_limit(opts), |w| {
         let mut kv = clients[w % clients.len()].kv_client();
-        let (pacer, keys, value, opts, n) =
-            (pacer.clone(), keys.clone(), value.clone(), opts.clone(), args.txn_ops as u64);
+        let (pacer, keys, opts, n) = (
+            pacer.clone(),
+            keys.clone(),
+            opts.clone(),
+            args.txn_ops as u64,
+        );
         async move {
             let mut rec = Recorder::new();
             let mut picker = KeyPicker::new(&opts, w);
             while let Some(i) = pacer.next().await {
                 let base = picker.pick(i * n);
                 let ops: Vec<TxnOp> = (0..n)
-                    .map(|j| TxnOp::put(keys.key((base + j) % opts.key_space_size), value.clone(), None))
+                    .map(|j| {
+                        TxnOp::put(
+                            keys.key((base + j) % opts.key_space_size),
+                            keys::random_value(opts.val_size),
+                            None,
+                        )
+                    })
                     .collect();
                 let t = Instant::now();
                 match bounded(opts.request_timeout, kv.txn(Txn::new().and_then(ops))).await {
@@ -349,12 +379,11 @@ pub async fn cas(opts: &LoadOpts, args: &CasArgs) -> Report {
         Err(e) => return unsupported_or_failed("cas", opts, e),
     };
     let keys = KeyGen::new(&opts.prefix, opts.key_size, opts.key_space_size);
-    let value = keys::plain_value(opts.val_size);
     let pacer = Arc::new(Pacer::new(opts.total, opts.duration, opts.rate));
     let rec = run_workers(opts.clients, worker_limit(opts), |w| {
         let mut kv = clients[w % clients.len()].kv_client();
-        let (pacer, keys, value, opts, max_retries) =
-            (pacer.clone(), keys.clone(), value.clone(), opts.clone(), args.max_retries);
+        let (pacer, keys, opts, max_retries) =
+            (pacer.clone(), keys.clone(), opts.clone(), args.max_retries);
         async move {
             let mut rec = Recorder::new();
             let mut picker = KeyPicker::new(&opts, w);
@@ -372,8 +401,16 @@ pub async fn cas(opts: &LoadOpts, args: &CasArgs) -> Report {
                 let mut conflicts = 0;
                 loop {
                     let txn = Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, revision)])
-                        .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            keys::random_value(opts.val_size),
+                            None,
+                        )])
                         .or_else([TxnOp::get(key.clone(), None)]);
                     rec.count("txns", 1);
                     match bounded(opts.request_timeout, kv.txn(txn)).await {
@@ -428,18 +465,17 @@ pub async fn load_keys(opts: &LoadOpts, args: &LoadKeysArgs) -> Report {
     let per_txn = args.txn_ops.max(1) as u64;
     let chunks = n_keys.div_ceil(per_txn);
     let keys = KeyGen::new(&opts.prefix, opts.key_size, opts.key_space_size);
-    let value = keys::plain_value(opts.val_size);
     let pacer = Arc::new(Pacer::new(chunks, opts.duration, opts.rate));
     let rec = run_workers(opts.clients, worker_limit(opts), |w| {
         let mut kv = clients[w % clients.len()].kv_client();
-        let (pacer, keys, value, opts) = (pacer.clone(), keys.clone(), value.clone(), opts.clone());
+        let (pacer, keys, opts) = (pacer.clone(), keys.clone(), opts.clone());
         async move {
             let mut rec = Recorder::new();
             while let Some(c) = pacer.next().await {
                 let first = c * per_txn;
                 let last = (first + per_txn).min(n_keys);
                 let ops: Vec<TxnOp> = (first..last)
-                    .map(|k| TxnOp::put(keys.key(k), value.clone(), None))
+                    .map(|k| TxnOp::put(keys.key(k), keys::random_value(opts.val_size), None))
                     .collect();
                 let t = Instant::now();
                 match bounded(opts.request_timeout, kv.txn(Txn::new().and_then(ops))).await {
@@ -476,7 +512,11 @@ pub async fn load_keys(opts: &LoadOpts, args: &LoadKeysArgs) -> Report {
 pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
     let mode = "watch";
     if args.watchers == 0 || args.streams == 0 {
-        return unsupported_or_failed(mode, opts, "--watchers and --streams must be at least 1".into());
+        return unsupported_or_failed(
+            mode,
+            opts,
+            "--watchers and --streams must be at least 1".into(),
+        );
     }
     let clients = match connect(opts).await {
         Ok(c) => c,
@@ -506,14 +546,35 @@ pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
         let mut stream = match first {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) if is_unimplemented(&e) => {
-                return Report::not_run(mode, Status::Unsupported, error_text(&e), opts.conns, opts.clients)
+                return Report::not_run(
+                    mode,
+                    Status::Unsupported,
+                    error_text(&e),
+                    opts.conns,
+                    opts.clients,
+                )
             }
-            Ok(Err(e)) => return unsupported_or_failed(mode, opts, format!("open watch stream: {}", error_text(&e))),
-            Err(_) => return unsupported_or_failed(mode, opts, "opening a watch stream timed out".into()),
+            Ok(Err(e)) => {
+                return unsupported_or_failed(
+                    mode,
+                    opts,
+                    format!("open watch stream: {}", error_text(&e)),
+                )
+            }
+            Err(_) => {
+                return unsupported_or_failed(mode, opts, "opening a watch stream timed out".into())
+            }
         };
         for _ in 1..n {
-            if let Err(e) = stream.watch(opts.prefix.clone(), Some(watch_options())).await {
-                return unsupported_or_failed(mode, opts, format!("create watch: {}", error_text(&e)));
+            if let Err(e) = stream
+                .watch(opts.prefix.clone(), Some(watch_options()))
+                .await
+            {
+                return unsupported_or_failed(
+                    mode,
+                    opts,
+                    format!("create watch: {}", error_text(&e)),
+                );
             }
         }
         let mut created = 0;
@@ -532,16 +593,36 @@ pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
                         created += 1;
                     }
                 }
-                Ok(Ok(None)) => return unsupported_or_failed(mode, opts, "watch stream closed during setup".into()),
-                Ok(Err(e)) if is_unimplemented(&e) => {
-                    return Report::not_run(mode, Status::Unsupported, error_text(&e), opts.conns, opts.clients)
+                Ok(Ok(None)) => {
+                    return unsupported_or_failed(
+                        mode,
+                        opts,
+                        "watch stream closed during setup".into(),
+                    )
                 }
-                Ok(Err(e)) => return unsupported_or_failed(mode, opts, format!("watch setup: {}", error_text(&e))),
+                Ok(Err(e)) if is_unimplemented(&e) => {
+                    return Report::not_run(
+                        mode,
+                        Status::Unsupported,
+                        error_text(&e),
+                        opts.conns,
+                        opts.clients,
+                    )
+                }
+                Ok(Err(e)) => {
+                    return unsupported_or_failed(
+                        mode,
+                        opts,
+                        format!("watch setup: {}", error_text(&e)),
+                    )
+                }
                 Err(_) => {
                     return unsupported_or_failed(
                         mode,
                         opts,
-                        format!("only {created} of {n} watchers created within {CONNECT_TIMEOUT:?}"),
+                        format!(
+                            "only {created} of {n} watchers created within {CONNECT_TIMEOUT:?}"
+                        ),
                     )
                 }
             }
@@ -551,7 +632,8 @@ pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
 
     // Readers: one task per stream.
     let (target_tx, target_rx) = tokio::sync::watch::channel::<Option<(u64, Instant)>>(None);
-    let hard_stop = Instant::now() + opts.duration + args.drain_timeout + opts.request_timeout + JOIN_GRACE;
+    let hard_stop =
+        Instant::now() + opts.duration + args.drain_timeout + opts.request_timeout + JOIN_GRACE;
     let mut readers = JoinSet::new();
     for (mut stream, n_watchers) in opened {
         let mut target_rx = target_rx.clone();
@@ -615,7 +697,12 @@ pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
             while let Some(i) = pacer.next().await {
                 let key = keys.key(picker.pick(i));
                 let t = Instant::now();
-                match bounded(opts.request_timeout, kv.put(key, keys::timed_value(opts.val_size), None)).await {
+                match bounded(
+                    opts.request_timeout,
+                    kv.put(key, keys::timed_value(opts.val_size), None),
+                )
+                .await
+                {
                     Ok(_) => rec.record(t.elapsed()),
                     Err(e) => rec.error(format!("put: {e}")),
                 }
@@ -673,7 +760,11 @@ pub async fn watch(opts: &LoadOpts, args: &WatchArgs) -> Report {
     );
     report.counters.insert(
         "puts_per_sec".into(),
-        if put_secs > 0.0 { puts_ok as f64 / put_secs } else { 0.0 },
+        if put_secs > 0.0 {
+            puts_ok as f64 / put_secs
+        } else {
+            0.0
+        },
     );
     let put_lat = crate::report::Latency::from_hist(&put_rec.hist);
     report.counters.insert("put_p50_ms".into(), put_lat.p50_ms);
@@ -705,10 +796,28 @@ pub async fn lease_keepalive(opts: &LoadOpts, args: &LeaseArgs) -> Report {
         let stream = match timeout(CONNECT_TIMEOUT, lc.keep_alive(granted)).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) if is_unimplemented(&e) => {
-                return Report::not_run(mode, Status::Unsupported, error_text(&e), opts.conns, opts.clients)
+                return Report::not_run(
+                    mode,
+                    Status::Unsupported,
+                    error_text(&e),
+                    opts.conns,
+                    opts.clients,
+                )
             }
-            Ok(Err(e)) => return unsupported_or_failed(mode, opts, format!("lease keep-alive stream: {}", error_text(&e))),
-            Err(_) => return unsupported_or_failed(mode, opts, "opening a keep-alive stream timed out".into()),
+            Ok(Err(e)) => {
+                return unsupported_or_failed(
+                    mode,
+                    opts,
+                    format!("lease keep-alive stream: {}", error_text(&e)),
+                )
+            }
+            Err(_) => {
+                return unsupported_or_failed(
+                    mode,
+                    opts,
+                    "opening a keep-alive stream timed out".into(),
+                )
+            }
         };
         leases.push(Some((lc, granted, stream)));
     }
@@ -743,7 +852,10 @@ pub async fn lease_keepalive(opts: &LoadOpts, args: &LeaseArgs) -> Report {
                         break;
                     }
                     Err(_) => {
-                        rec.error(format!("keep-alive: no answer within {:?}", opts.request_timeout));
+                        rec.error(format!(
+                            "keep-alive: no answer within {:?}",
+                            opts.request_timeout
+                        ));
                         break;
                     }
                 }

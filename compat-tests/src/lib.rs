@@ -28,13 +28,16 @@
 //! - [`etcdctl`]: run the real etcdctl against a member, with a timeout;
 //! - [`json`]: etcd-client responses as JSON, and [`json::normalize`] for differential
 //!   comparisons;
-//! - [`grpc`]: exact gRPC code and message assertions, and etcd's error messages.
+//! - [`grpc`]: exact gRPC code and message assertions, and etcd's error messages;
+//! - [`ops`]: the operations tests' helpers (a throwaway PKI, HTTP and TLS probes, metrics
+//!   parsing, promtool and jsonnet).
 
 pub mod etcdctl;
 pub mod grpc;
 pub mod json;
 pub mod kv;
 pub mod lease;
+pub mod ops;
 pub mod server;
 pub mod watch;
 

@@ -89,6 +89,65 @@ pub fn etcd_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }
 
+/// How a client trusts the certificate a member shows on its https client URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Verify it against this CA certificate (PEM).
+    CaFile(PathBuf),
+    /// Do not verify it (a member started with `--auto-tls`). The readiness probe is then an
+    /// HTTPS `GET /health`, and [`Server::client`] is unavailable: use etcdctl with
+    /// `--insecure-skip-tls-verify`.
+    InsecureSkipVerify,
+}
+
+/// The client side of TLS towards a member whose client URL is https.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    pub trust: ServerTrust,
+    /// Client certificate and key (PEM), for members started with `--client-cert-auth`.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl ClientTls {
+    /// Trust `ca_file`, present no certificate.
+    pub fn ca(ca_file: impl Into<PathBuf>) -> Self {
+        ClientTls {
+            trust: ServerTrust::CaFile(ca_file.into()),
+            identity: None,
+        }
+    }
+
+    /// Trust anything (`--auto-tls`).
+    pub fn insecure() -> Self {
+        ClientTls {
+            trust: ServerTrust::InsecureSkipVerify,
+            identity: None,
+        }
+    }
+
+    /// Present this client certificate and key.
+    pub fn identity(mut self, cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> Self {
+        self.identity = Some((cert_file.into(), key_file.into()));
+        self
+    }
+
+    /// The etcd-client TLS options (CA and identity); `None` when the server is not verified.
+    pub fn connect_options(&self) -> Option<etcd_client::TlsOptions> {
+        let ServerTrust::CaFile(ca) = &self.trust else {
+            return None;
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert), read(key)));
+        }
+        Some(tls)
+    }
+}
+
 /// How to start a member.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -97,6 +156,21 @@ pub struct ServerOptions {
     /// Flags appended after the cluster flags, e.g. `["--max-txn-ops", "8"]`.
     pub extra_args: Vec<String>,
     pub start_timeout: Duration,
+    /// `Some`: the client URL is `https://` and the harness's own clients (readiness probe,
+    /// [`Server::client`]) use this; the TLS flags themselves go in `extra_args`.
+    pub client_tls: Option<ClientTls>,
+    /// Also listen on a second, plain `http://` client URL ([`Server::http_client_url`]).
+    pub extra_http_client_url: bool,
+    /// Add `--listen-metrics-urls http://127.0.0.1:<port>` ([`Server::metrics_url`]).
+    pub metrics_listener: bool,
+    /// The peer URL is `https://` (peer TLS flags go in `extra_args`).
+    pub peer_https: bool,
+    /// Environment variables of the member process (the harness removes inherited `ETCD_*`).
+    pub env: Vec<(String, String)>,
+    /// `Some`: instead of the cluster flags, write this YAML to `<dir>/config.yaml` and pass
+    /// `--config-file` (then `extra_args`). Placeholders: `{name}`, `{data_dir}`,
+    /// `{client_url}`, `{peer_url}`, `{dir}` (the member's temporary directory).
+    pub config_file_template: Option<String>,
 }
 
 impl ServerOptions {
@@ -106,7 +180,49 @@ impl ServerOptions {
             name: DEFAULT_MEMBER_NAME.to_string(),
             extra_args: Vec::new(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            client_tls: None,
+            extra_http_client_url: false,
+            metrics_listener: false,
+            peer_https: false,
+            env: Vec::new(),
+            config_file_template: None,
         }
+    }
+
+    /// Serve the client URL over https, reached by the harness with `tls`.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.client_tls = Some(tls);
+        self
+    }
+
+    /// Listen on a plain http client URL too ([`Server::http_client_url`]).
+    pub fn with_http_client_url(mut self) -> Self {
+        self.extra_http_client_url = true;
+        self
+    }
+
+    /// Listen on a `--listen-metrics-urls` URL ([`Server::metrics_url`]).
+    pub fn with_metrics_url(mut self) -> Self {
+        self.metrics_listener = true;
+        self
+    }
+
+    /// Peer URL with the https scheme.
+    pub fn peer_https(mut self) -> Self {
+        self.peer_https = true;
+        self
+    }
+
+    /// An environment variable of the member process.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Start from a configuration file written from `template` (see the field's doc).
+    pub fn config_file(mut self, template: impl Into<String>) -> Self {
+        self.config_file_template = Some(template.into());
+        self
     }
 
     /// The kind chosen by `COMPAT_SERVER`.
@@ -152,6 +268,10 @@ pub struct Server {
     options: ServerOptions,
     client_port: u16,
     peer_port: u16,
+    /// The second (plain http) client port, with [`ServerOptions::with_http_client_url`].
+    http_client_port: Option<u16>,
+    /// The `--listen-metrics-urls` port, with [`ServerOptions::with_metrics_url`].
+    metrics_port: Option<u16>,
     dir: TempDir,
     child: Option<Child>,
     launches: u32,
@@ -204,17 +324,64 @@ impl Server {
         &self.options.name
     }
 
-    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it.
+    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it; with an https client
+    /// URL ([`ServerOptions::tls`]), the whole `https://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        if self.options.client_tls.is_some() {
+            self.client_url()
+        } else {
+            format!("127.0.0.1:{}", self.client_port)
+        }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.options.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        let scheme = if self.options.peer_https {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The plain http client URL of [`ServerOptions::with_http_client_url`].
+    pub fn http_client_url(&self) -> Option<String> {
+        self.http_client_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// The `--listen-metrics-urls` URL of [`ServerOptions::with_metrics_url`].
+    pub fn metrics_url(&self) -> Option<String> {
+        self.metrics_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
+    }
+
+    /// `127.0.0.1:<client port>` without a scheme, for raw TCP and TLS connections.
+    pub fn client_address(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:<peer port>`, for raw TCP and TLS connections.
+    pub fn peer_address(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The TLS the harness uses towards the client URL, if it is https.
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.options.client_tls.as_ref()
+    }
+
+    /// The member's temporary directory (holds the data dir, logs and any config file).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -246,6 +413,16 @@ impl Server {
     }
 
     pub async fn client_with(&self, options: ConnectOptions) -> Client {
+        let options = match &self.options.client_tls {
+            None => options,
+            Some(tls) => options.with_tls(tls.connect_options().unwrap_or_else(|| {
+                panic!(
+                    "{} has an unverified https client URL (--auto-tls): the etcd-client \
+                     crate cannot skip verification; use etcdctl --insecure-skip-tls-verify",
+                    self.endpoint()
+                )
+            })),
+        };
         Client::connect([self.endpoint()], Some(options))
             .await
             .unwrap_or_else(|error| panic!("connect to {}: {error}", self.endpoint()))
@@ -253,6 +430,20 @@ impl Server {
 
     fn prepare(options: ServerOptions) -> Server {
         let (client_port, peer_port) = two_free_ports();
+        let extra =
+            usize::from(options.extra_http_client_url) + usize::from(options.metrics_listener);
+        let mut extra_ports = if extra == 0 {
+            Vec::new()
+        } else {
+            free_ports_except(extra, &[client_port, peer_port])
+        }
+        .into_iter();
+        let http_client_port = options
+            .extra_http_client_url
+            .then(|| extra_ports.next().expect("a port was allocated"));
+        let metrics_port = options
+            .metrics_listener
+            .then(|| extra_ports.next().expect("a port was allocated"));
         let dir = tempfile::Builder::new()
             .prefix("keelson-compat-")
             .tempdir()
@@ -261,6 +452,8 @@ impl Server {
             options,
             client_port,
             peer_port,
+            http_client_port,
+            metrics_port,
             dir,
             child: None,
             launches: 0,
@@ -268,16 +461,33 @@ impl Server {
     }
 
     fn command_args(&self) -> Vec<String> {
+        if let Some(template) = &self.options.config_file_template {
+            let path = self.dir.path().join("config.yaml");
+            let text = template
+                .replace("{name}", &self.options.name)
+                .replace("{data_dir}", &self.data_dir().display().to_string())
+                .replace("{client_url}", &self.client_url())
+                .replace("{peer_url}", &self.peer_url())
+                .replace("{dir}", &self.dir.path().display().to_string());
+            std::fs::write(&path, text).expect("write the member's config file");
+            let mut args = vec!["--config-file".to_string(), path.display().to_string()];
+            args.extend(self.options.extra_args.iter().cloned());
+            return args;
+        }
         let name = &self.options.name;
         let client_url = self.client_url();
         let peer_url = self.peer_url();
+        let listen_client_urls = match self.http_client_url() {
+            Some(http) => format!("{client_url},{http}"),
+            None => client_url.clone(),
+        };
         let mut args = vec![
             "--name".to_string(),
             name.clone(),
             "--data-dir".to_string(),
             self.data_dir().display().to_string(),
             "--listen-client-urls".to_string(),
-            client_url.clone(),
+            listen_client_urls,
             "--advertise-client-urls".to_string(),
             client_url,
             "--listen-peer-urls".to_string(),
@@ -287,6 +497,9 @@ impl Server {
             "--initial-cluster".to_string(),
             format!("{name}={peer_url}"),
         ];
+        if let Some(metrics) = self.metrics_url() {
+            args.extend(["--listen-metrics-urls".to_string(), metrics]);
+        }
         args.extend(self.options.extra_args.iter().cloned());
         args
     }
@@ -305,6 +518,7 @@ impl Server {
         for name in inherited_env_names("ETCD_") {
             command.env_remove(name);
         }
+        command.envs(self.options.env.iter().cloned());
         let child = command.spawn().map_err(|error| LaunchError {
             message: format!(
                 "cannot start {} from {}: {error} (set {} to its path)",
@@ -357,14 +571,36 @@ impl Server {
     }
 
     async fn answers_range(&self) -> bool {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(PROBE_TIMEOUT)
             .with_timeout(PROBE_TIMEOUT);
+        if let Some(tls) = &self.options.client_tls {
+            match tls.connect_options() {
+                Some(tls) => options = options.with_tls(tls),
+                None => return self.answers_insecure_health().await,
+            }
+        }
         let probe = async {
             let mut client = Client::connect([self.endpoint()], Some(options)).await?;
             client.get("compat-readiness-probe", None).await
         };
         matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+    }
+
+    /// The readiness probe of an unverified https client URL: `GET /health` answers 200.
+    async fn answers_insecure_health(&self) -> bool {
+        let Ok(client) = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(PROBE_TIMEOUT)
+            .build()
+        else {
+            return false;
+        };
+        let probe = client.get(format!("{}/health", self.client_url())).send();
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+            Ok(Ok(response)) if response.status() == reqwest::StatusCode::OK
+        )
     }
 
     fn launch_error(&self, what: String) -> LaunchError {
@@ -402,6 +638,18 @@ fn two_free_ports() -> (u16, u16) {
     let first = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     let second = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     (port_of(&first), port_of(&second))
+}
+
+/// `count` distinct free loopback ports, none of them in `taken`.
+fn free_ports_except(count: usize, taken: &[u16]) -> Vec<u16> {
+    let mut listeners = Vec::new();
+    while listeners.len() < count {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        if !taken.contains(&port_of(&listener)) {
+            listeners.push(listener);
+        }
+    }
+    listeners.iter().map(port_of).collect()
 }
 
 fn port_of(listener: &TcpListener) -> u16 {
