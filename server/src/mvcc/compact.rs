@@ -153,7 +153,9 @@ fn remove_superseded(
     let kv_cf = storage.cf(CF_KV);
     let rev_cf = storage.cf(CF_REV);
     let this_version = keys::version_key(user_key, rev);
-    let mut versions = storage.db().raw_iterator_cf(kv_cf);
+    let mut versions = storage
+        .db()
+        .raw_iterator_cf_opt(kv_cf, crate::storage::single_key_options());
     versions.seek(&this_version);
     let part = keys::user_key_part(&this_version).to_vec();
     if let (Some(k), Some(v)) = (versions.key(), versions.value()) {

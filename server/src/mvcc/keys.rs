@@ -173,6 +173,24 @@ mod tests {
     }
 
     proptest! {
+        /// The storage's bloom-filter prefix must be exactly the part shared by one key's
+        /// versions and by no other key's, or point reads would miss versions.
+        #[test]
+        fn storage_prefix_is_the_versions_of_one_key(
+            a in proptest::collection::vec(any::<u8>(), 0..6),
+            b in proptest::collection::vec(any::<u8>(), 0..6),
+            ra in 1i64..1000, rb in 1i64..1000,
+        ) {
+            let ka = version_key(&a, Revision::new(ra, 0));
+            let kb = version_key(&b, Revision::new(rb, 1));
+            let start_a = versions_start(&a);
+            let seek_a = visible_at(&a, rb);
+            let prefix = crate::storage::kv_version_prefix;
+            prop_assert_eq!(prefix(&ka), start_a.as_slice());
+            prop_assert_eq!(prefix(&ka) == prefix(&kb), a == b);
+            prop_assert_eq!(prefix(&seek_a), start_a.as_slice());
+        }
+
         #[test]
         fn encoding_preserves_user_key_order(
             a in proptest::collection::vec(any::<u8>(), 0..6),

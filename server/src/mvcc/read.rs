@@ -3,7 +3,7 @@
 use std::cmp::Ordering;
 
 use bytes::Bytes;
-use rocksdb::{DBRawIterator, ReadOptions};
+use rocksdb::DBRawIterator;
 
 use super::keys::{self, Revision};
 use super::record::Record;
@@ -99,7 +99,10 @@ pub trait KvSource {
 
 /// A raw iterator over the kv column family bounded to `range`.
 pub fn kv_iterator<'a>(storage: &'a Storage, range: &KeyRange) -> DBRawIterator<'a> {
-    let mut opts = ReadOptions::default();
+    let mut opts = match range {
+        KeyRange::Single(_) => crate::storage::single_key_options(),
+        KeyRange::Span { .. } => crate::storage::scan_options(),
+    };
     let upper = match range {
         KeyRange::Single(k) => Some(keys::after_versions_of(&keys::versions_start(k))),
         KeyRange::Span { end, .. } => end.as_ref().map(|e| keys::upper_bound(e)),

@@ -177,7 +177,10 @@ impl RaftNode {
     }
 
     pub fn status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Read under the borrow: every response header asks, and cloning the whole metrics
+        // (membership maps included) showed up in profiles of watch fan-out.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         RaftStatus {
             leader: m.current_leader,
             term: m.current_term,

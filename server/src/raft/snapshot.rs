@@ -145,7 +145,9 @@ pub fn copy_state_machine(storage: &Storage, snapshot: &SnapshotData) -> Result<
 
 fn clear_column_family(storage: &Storage, name: &str) -> Result<(), StorageError> {
     let cf = storage.cf(name);
-    let mut iter = storage.db().raw_iterator_cf(cf);
+    let mut iter = storage
+        .db()
+        .raw_iterator_cf_opt(cf, crate::storage::scan_options());
     iter.seek_to_first();
     let Some(first) = iter.key().map(<[u8]>::to_vec) else {
         return Ok(());

@@ -45,7 +45,7 @@ pub fn read(
     let mut changes = storage
         .db()
         .raw_iterator_cf_opt(storage.cf(CF_REV), rev_opts);
-    let mut kv_opts = ReadOptions::default();
+    let mut kv_opts = crate::storage::scan_options();
     kv_opts.set_snapshot(&snapshot);
     let mut versions = storage.db().raw_iterator_cf_opt(storage.cf(CF_KV), kv_opts);
 

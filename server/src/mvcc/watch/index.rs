@@ -5,10 +5,10 @@
 //! maximum of ends, so a stabbing query walks back only over groups that can still contain the
 //! key.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::mvcc::read::KeyRange;
 

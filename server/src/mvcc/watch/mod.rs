@@ -16,12 +16,13 @@
 mod history;
 mod index;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt};
 use prost::Message;
 use tokio::sync::mpsc;
 
