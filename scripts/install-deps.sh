@@ -5,7 +5,9 @@ set -euo pipefail
 
 packages=(libclang-dev clang protobuf-compiler)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(etcd-server etcd-client)
+  # etcd and etcdctl: the reference; prometheus: promtool (checks /metrics and runs etcd's
+  # alert rules); jsonnet: compiles the etcd mixin shipped in etcd-server's docs.
+  packages+=(etcd-server etcd-client prometheus jsonnet)
 fi
 
 missing=()
@@ -21,5 +23,16 @@ if [ "$(id -u)" -ne 0 ]; then
   sudo="sudo -n"
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Packages with a daemon (etcd-server, prometheus) must not start it: a policy-rc.d that
+# refuses every start, only for the time of the install when the machine has none.
+policy=/usr/sbin/policy-rc.d
+made_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+  $sudo chmod +x "$policy"
+  made_policy=1
+fi
+cleanup() { if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi; }
+trap cleanup EXIT
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null

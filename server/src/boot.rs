@@ -269,6 +269,30 @@ fn client_router(member: &Arc<Member>) -> axum::Router {
         .layer(api::message_limit::EtcdMessageLimitLayer)
         .layer(GrpcMetricsLayer);
     grpc.merge(crate::http::router(member.clone()))
+        .fallback(client_url_fallback)
+}
+
+/// An unknown path: gRPC clients get `Unimplemented` (as grpc-go answers), anyone else Go's
+/// `404 page not found` (as etcd's HTTP mux does), never an empty 200.
+async fn client_url_fallback(request: axum::extract::Request) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use axum::response::IntoResponse;
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented("")
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    let mut response = (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 fn hosts_of(urls: &[ListenUrl]) -> Vec<String> {

@@ -50,6 +50,9 @@ pub struct Member {
     limits: Limits,
     /// Bytes the database takes on disk, refreshed in the background for the quota check.
     db_size: Arc<AtomicU64>,
+    /// Quota cost of the writes admitted since `db_size` was last measured: without it a burst
+    /// faster than the refresh could run far past the quota before the alarm.
+    admitted_since_refresh: Arc<AtomicU64>,
 }
 
 /// How often the database size used by the quota check is refreshed.
@@ -74,6 +77,8 @@ impl Member {
     ) -> Self {
         let db_size = Arc::new(AtomicU64::new(store.storage().size_on_disk()));
         let refreshed = Arc::downgrade(&db_size);
+        let admitted_since_refresh = Arc::new(AtomicU64::new(0));
+        let admitted = Arc::downgrade(&admitted_since_refresh);
         let storage = store.storage().clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(DB_SIZE_REFRESH);
@@ -83,9 +88,17 @@ impl Member {
                     return;
                 };
                 let storage = storage.clone();
+                let admitted_before = admitted.upgrade().map_or(0, |a| a.load(Ordering::Relaxed));
                 if let Ok(bytes) = tokio::task::spawn_blocking(move || storage.size_on_disk()).await
                 {
                     size.store(bytes, Ordering::Relaxed);
+                    // What was admitted before the measurement started is in it (or in the
+                    // WAL it counted); later admissions stay pending.
+                    if let Some(a) = admitted.upgrade() {
+                        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                            Some(now.saturating_sub(admitted_before))
+                        });
+                    }
                 }
             }
         });
@@ -99,6 +112,7 @@ impl Member {
             ids,
             limits,
             db_size,
+            admitted_since_refresh,
         }
     }
 
@@ -206,8 +220,13 @@ impl Member {
     /// etcd's quota check: a request that would take the store past the quota raises the
     /// NOSPACE alarm and is refused.
     async fn check_quota(&self, cost: usize) -> EtcdResult<()> {
-        let size = self.db_size.load(Ordering::Relaxed);
+        let size = self
+            .db_size
+            .load(Ordering::Relaxed)
+            .saturating_add(self.admitted_since_refresh.load(Ordering::Relaxed));
         if cost == 0 || size.saturating_add(cost as u64) < self.limits.quota_backend_bytes as u64 {
+            self.admitted_since_refresh
+                .fetch_add(cost as u64, Ordering::Relaxed);
             return Ok(());
         }
         let raise = AlarmRequest {
