@@ -7,7 +7,8 @@ packages=(libclang-dev clang protobuf-compiler)
 if [ "${1:-}" = "--test" ]; then
   # etcd and etcdctl: the reference; prometheus: promtool (checks /metrics and runs etcd's
   # alert rules); jsonnet: compiles the etcd mixin shipped in etcd-server's docs.
-  packages+=(etcd-server etcd-client prometheus jsonnet)
+  # openssl: offers single TLS cipher suites in the TLS tests.
+  packages+=(etcd-server etcd-client prometheus jsonnet openssl)
 fi
 
 missing=()

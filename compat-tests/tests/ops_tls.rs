@@ -278,3 +278,50 @@ async fn peer_tls_flags_are_accepted_on_a_member_without_peers() {
         .await
         .expect("put with --peer-auto-tls");
 }
+
+/// `--cipher-suites` limits TLS 1.2 to the listed suites, on the client and the peer listener
+/// (checked with Debian's openssl, which can offer a single suite).
+#[tokio::test]
+async fn cipher_suites_limit_what_tls12_negotiates() {
+    compat_tests::ops::require_tool("/usr/bin/openssl", "openssl");
+    let server = Server::start(
+        ServerOptions::from_env()
+            .tls(ClientTls::insecure())
+            .peer_https()
+            .args([
+                "--auto-tls",
+                "--peer-auto-tls",
+                "--cipher-suites",
+                "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                "--tls-max-version",
+                "TLS1.2",
+            ]),
+    )
+    .await;
+    for address in [server.client_address(), server.peer_address()] {
+        let offer = |cipher: &'static str| {
+            let address = address.clone();
+            async move {
+                let output = compat_tests::ops::run_tool(
+                    "/usr/bin/openssl",
+                    &[
+                        "s_client", "-connect", &address, "-tls1_2", "-cipher", cipher,
+                    ],
+                    Some(""),
+                )
+                .await;
+                format!("{}{}", output.stdout_text(), output.stderr_text())
+            }
+        };
+        let refused = offer("ECDHE-ECDSA-AES128-GCM-SHA256").await;
+        assert!(
+            refused.contains("Cipher is (NONE)"),
+            "{address} accepted a suite --cipher-suites leaves out: {refused}"
+        );
+        let accepted = offer("ECDHE-ECDSA-AES256-GCM-SHA384").await;
+        assert!(
+            accepted.contains("Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"),
+            "{address} refused the listed suite: {accepted}"
+        );
+    }
+}
