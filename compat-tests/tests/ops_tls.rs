@@ -325,3 +325,49 @@ async fn cipher_suites_limit_what_tls12_negotiates() {
         );
     }
 }
+
+/// The command line kubeadm writes into its etcd static pod (certificates, `=true` booleans,
+/// experimental flags, a metrics URL), with etcdctl over mTLS and the kubelet's probe.
+#[tokio::test]
+async fn kubeadms_etcd_command_line_starts_and_serves() {
+    let pki = Pki::generate();
+    let cert = |p: &std::path::Path| p.display().to_string();
+    let server = Server::start(
+        ServerOptions::from_env()
+            .tls(pki.client_tls())
+            .peer_https()
+            .with_metrics_url()
+            .args([
+                format!("--cert-file={}", cert(&pki.server.cert)),
+                format!("--key-file={}", cert(&pki.server.key)),
+                format!("--trusted-ca-file={}", cert(&pki.ca)),
+                "--client-cert-auth=true".to_string(),
+                "--experimental-initial-corrupt-check=true".to_string(),
+                "--experimental-watch-progress-notify-interval=5s".to_string(),
+                format!("--peer-cert-file={}", cert(&pki.server.cert)),
+                format!("--peer-key-file={}", cert(&pki.server.key)),
+                format!("--peer-trusted-ca-file={}", cert(&pki.ca)),
+                "--peer-client-cert-auth=true".to_string(),
+                "--snapshot-count=10000".to_string(),
+            ]),
+    )
+    .await;
+    let flags = pki.etcdctl_flags(Some(&pki.client));
+    etcdctl_at(
+        &server.client_url(),
+        &args_with(&flags, &["endpoint", "health"]),
+    )
+    .await
+    .expect_success("etcdctl endpoint health over mTLS");
+    etcdctl_at(
+        &server.client_url(),
+        &args_with(&flags, &["put", "/registry/x", "y"]),
+    )
+    .await
+    .expect_success("etcdctl put over mTLS");
+    let base = server.metrics_url().expect("metrics URL");
+    for path in ["/livez", "/readyz", "/health"] {
+        let answer = get(None, &format!("{base}{path}")).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+    }
+}
