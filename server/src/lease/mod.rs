@@ -225,7 +225,18 @@ impl Lessor {
         let mut state = self.lock();
         for cp in &checkpoints.checkpoints {
             if let Some(lease) = state.leases.get_mut(&cp.id) {
-                lease.checkpoint = cp.remaining_ttl.max(0);
+                if cp.remaining_ttl <= 0 {
+                    // A clear (the lease was renewed): checkpoints measured before it, still
+                    // on their way through the log, are stale from now on.
+                    lease.generation += 1;
+                    lease.checkpoint = 0;
+                } else if cp.generation < lease.generation {
+                    // Measured before a renewal whose clear was applied first: recording it
+                    // would shorten the renewed lease after a restart.
+                    continue;
+                } else {
+                    lease.checkpoint = cp.remaining_ttl;
+                }
                 batch.put_cf(
                     self.storage.cf(CF_LEASE),
                     lease_key(cp.id),
@@ -424,6 +435,48 @@ fn start_deadlines(state: &mut State, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn checkpoint(remaining_ttl: i64, generation: i64) -> LeaseCheckpointBatch {
+        LeaseCheckpointBatch {
+            checkpoints: vec![LeaseCheckpoint {
+                id: 7,
+                remaining_ttl,
+                generation,
+            }],
+        }
+    }
+
+    /// A checkpoint measured before a renewal may reach the log after the renewal's clear;
+    /// applied, it would make a restart expire the renewed lease early.
+    #[test]
+    fn a_checkpoint_measured_before_an_applied_clear_is_ignored() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let storage = Storage::open(dir.path()).expect("open storage");
+        let lessor = Lessor::load(storage, 1).expect("load the lessor");
+        lessor.lock().leases.insert(
+            7,
+            Lease {
+                ttl: 20,
+                checkpoint: 0,
+                generation: 0,
+                expiry: None,
+            },
+        );
+        let mut batch = WriteBatch::default();
+        lessor.apply_checkpoints(&mut batch, &checkpoint(0, 0));
+        lessor.apply_checkpoints(&mut batch, &checkpoint(10, 0));
+        assert_eq!(
+            lessor.time_to_live(7),
+            Some((20, 20)),
+            "stale checkpoint applied"
+        );
+        lessor.apply_checkpoints(&mut batch, &checkpoint(12, 1));
+        assert_eq!(
+            lessor.time_to_live(7),
+            Some((12, 20)),
+            "current checkpoint ignored"
+        );
+    }
 
     #[test]
     fn min_ttl_matches_etcd_defaults() {
