@@ -198,6 +198,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: state.membership,
             };
             let data = sm.snapshots.create(sm.storage(), &meta)?;
+            tracing::info!(
+                snapshot_index = meta.last_log_id.map_or(0, |id| id.index),
+                "saved snapshot"
+            );
             Ok(Snapshot {
                 meta,
                 snapshot: data,
