@@ -3,7 +3,7 @@
 # Runs without a terminal: CI has no standard input.
 set -euo pipefail
 
-packages=(libclang-dev clang protobuf-compiler)
+packages=(libclang-dev clang protobuf-compiler libprotobuf-dev)
 if [ "${1:-}" = "--test" ]; then
   # etcd and etcdctl: the reference; prometheus: promtool (checks /metrics and runs etcd's
   # alert rules); jsonnet: compiles the etcd mixin shipped in etcd-server's docs.
