@@ -1,4 +1,4 @@
-//! Compiles the etcd v3 API and keelson's raft payload protos.
+//! Compiles the etcd v3 API, keelson's raft payload and its peer protocol.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "v3electionpb/v3election.proto",
         "v3lockpb/v3lock.proto",
         "keelson/raftpb.proto",
+        "keelson/peerpb.proto",
     ]
     .map(|f| root.join(f));
     tonic_prost_build::configure()

@@ -30,14 +30,24 @@ pub async fn etcdctl_stdin(server: &Server, args: &[&str], stdin: &str) -> Outpu
     run(server, args, Some(stdin)).await
 }
 
+/// `etcdctl --endpoints=<endpoints> <args>`: several members, or an endpoint in a form of the
+/// test's choosing (`http://127.0.0.1:port`).
+pub async fn etcdctl_at(endpoints: &str, args: &[&str]) -> Output {
+    run_at(endpoints, args, None).await
+}
+
 async fn run(server: &Server, args: &[&str], stdin: Option<&str>) -> Output {
+    run_at(&server.endpoint(), args, stdin).await
+}
+
+async fn run_at(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut command = Command::new(etcdctl_binary());
     for name in inherited_env_names("ETCDCTL_") {
         command.env_remove(name);
     }
     command
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", server.endpoint()))
+        .arg(format!("--endpoints={endpoints}"))
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()

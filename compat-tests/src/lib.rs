@@ -32,6 +32,7 @@
 //! - [`ops`]: the operations tests' helpers (a throwaway PKI, HTTP and TLS probes, metrics
 //!   parsing, promtool and jsonnet).
 
+pub mod cluster;
 pub mod etcdctl;
 pub mod grpc;
 pub mod json;
@@ -41,7 +42,8 @@ pub mod ops;
 pub mod server;
 pub mod watch;
 
-pub use etcdctl::{etcdctl, etcdctl_stdin, OutputExt};
+pub use cluster::Cluster;
+pub use etcdctl::{etcdctl, etcdctl_at, etcdctl_stdin, OutputExt};
 pub use grpc::{assert_grpc_error, messages};
 pub use json::{assert_same_json, normalize, Normalizer};
 pub use server::{Server, ServerKind, ServerOptions};

@@ -171,6 +171,19 @@ pub struct ServerOptions {
     /// `--config-file` (then `extra_args`). Placeholders: `{name}`, `{data_dir}`,
     /// `{client_url}`, `{peer_url}`, `{dir}` (the member's temporary directory).
     pub config_file_template: Option<String>,
+    /// `Some`: a member of a cluster of several ([`crate::cluster`]): these flags replace the
+    /// one-member `--initial-cluster`.
+    pub cluster: Option<ClusterFlags>,
+}
+
+/// The bootstrap flags of a member of a cluster of several.
+#[derive(Clone, Debug)]
+pub struct ClusterFlags {
+    /// `name=peer-url,...` for every member.
+    pub initial_cluster: String,
+    /// `new` or `existing`.
+    pub state: String,
+    pub token: String,
 }
 
 impl ServerOptions {
@@ -186,6 +199,7 @@ impl ServerOptions {
             peer_https: false,
             env: Vec::new(),
             config_file_template: None,
+            cluster: None,
         }
     }
 
@@ -258,9 +272,9 @@ impl Default for ServerOptions {
 
 /// Why a launch failed; `port_in_use` makes [`Server::start`] retry on other ports.
 #[derive(Debug)]
-struct LaunchError {
-    message: String,
-    port_in_use: bool,
+pub(crate) struct LaunchError {
+    pub(crate) message: String,
+    pub(crate) port_in_use: bool,
 }
 
 /// A running member. Dropping it kills the process and removes its data directory.
@@ -296,6 +310,65 @@ impl Server {
     /// Starts the member chosen by `COMPAT_SERVER` with default flags.
     pub async fn start_default() -> Server {
         Self::start(ServerOptions::from_env()).await
+    }
+
+    /// Whether the process is running (started and not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own and returns its status.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Starts the process again on the same data directory and ports without waiting for it
+    /// to be ready (a member that needs its cluster's quorum to become ready).
+    pub fn respawn(&mut self) {
+        self.kill();
+        if let Err(error) = self.spawn() {
+            panic!("restart failed: {}", error.message);
+        }
+    }
+
+    /// Waits until a respawned member is ready.
+    pub async fn wait_ready(&mut self) {
+        if let Err(error) = self.wait_until_ready().await {
+            panic!("{}", error.message);
+        }
+    }
+
+    /// The log of the current launch.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Starts the process again on the same data directory and ports (after a SIGKILL if
@@ -430,6 +503,16 @@ impl Server {
 
     fn prepare(options: ServerOptions) -> Server {
         let (client_port, peer_port) = two_free_ports();
+        Self::prepare_with_ports(options, client_port, peer_port)
+    }
+
+    /// A member that will listen on the given client and peer ports (for clusters, whose peer
+    /// ports must be known before any member starts).
+    pub(crate) fn prepare_with_ports(
+        options: ServerOptions,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Server {
         let extra =
             usize::from(options.extra_http_client_url) + usize::from(options.metrics_listener);
         let mut extra_ports = if extra == 0 {
@@ -481,6 +564,10 @@ impl Server {
             Some(http) => format!("{client_url},{http}"),
             None => client_url.clone(),
         };
+        let initial_cluster = match &self.options.cluster {
+            Some(cluster) => cluster.initial_cluster.clone(),
+            None => format!("{name}={peer_url}"),
+        };
         let mut args = vec![
             "--name".to_string(),
             name.clone(),
@@ -495,8 +582,16 @@ impl Server {
             "--initial-advertise-peer-urls".to_string(),
             peer_url.clone(),
             "--initial-cluster".to_string(),
-            format!("{name}={peer_url}"),
+            initial_cluster,
         ];
+        if let Some(cluster) = &self.options.cluster {
+            args.extend([
+                "--initial-cluster-state".to_string(),
+                cluster.state.clone(),
+                "--initial-cluster-token".to_string(),
+                cluster.token.clone(),
+            ]);
+        }
         if let Some(metrics) = self.metrics_url() {
             args.extend(["--listen-metrics-urls".to_string(), metrics]);
         }
@@ -505,6 +600,12 @@ impl Server {
     }
 
     async fn launch(&mut self) -> Result<(), LaunchError> {
+        self.spawn()?;
+        self.wait_until_ready().await
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    pub(crate) fn spawn(&mut self) -> Result<(), LaunchError> {
         self.launches += 1;
         let binary = self.options.kind.binary();
         let log = File::create(self.log_path()).expect("create the member's log file");
@@ -532,10 +633,10 @@ impl Server {
             port_in_use: false,
         })?;
         self.child = Some(child);
-        self.wait_until_ready().await
+        Ok(())
     }
 
-    async fn wait_until_ready(&mut self) -> Result<(), LaunchError> {
+    pub(crate) async fn wait_until_ready(&mut self) -> Result<(), LaunchError> {
         let timeout = self.options.start_timeout;
         let deadline = Instant::now() + timeout;
         loop {
@@ -580,9 +681,15 @@ impl Server {
                 None => return self.answers_insecure_health().await,
             }
         }
+        // Serializable: a learner serves only those, and a member that answers one serves.
         let probe = async {
             let mut client = Client::connect([self.endpoint()], Some(options)).await?;
-            client.get("compat-readiness-probe", None).await
+            client
+                .get(
+                    "compat-readiness-probe",
+                    Some(etcd_client::GetOptions::new().with_serializable()),
+                )
+                .await
         };
         matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
     }
@@ -633,7 +740,7 @@ pub fn default_connect_options() -> ConnectOptions {
         .with_timeout(CLIENT_REQUEST_TIMEOUT)
 }
 
-fn two_free_ports() -> (u16, u16) {
+pub(crate) fn two_free_ports() -> (u16, u16) {
     // Both listeners stay open until both ports are known, so the two differ.
     let first = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
     let second = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
@@ -641,7 +748,7 @@ fn two_free_ports() -> (u16, u16) {
 }
 
 /// `count` distinct free loopback ports, none of them in `taken`.
-fn free_ports_except(count: usize, taken: &[u16]) -> Vec<u16> {
+pub(crate) fn free_ports_except(count: usize, taken: &[u16]) -> Vec<u16> {
     let mut listeners = Vec::new();
     while listeners.len() < count {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api;
+use crate::config::ClusterState;
 use crate::config::{Config, ListenUrl, Scheme};
 use crate::lease::{self, Lessor};
 use crate::member::applier::Applier;
@@ -19,7 +20,7 @@ use crate::member::{Limits, Member};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{DiskMetrics, METRICS};
 use crate::mvcc::MvccStore;
-use crate::raft::{MemberNode, RaftNode, RaftSettings};
+use crate::raft::{LeaderLeases, MemberNode, RaftNode, RaftSettings};
 use crate::storage::{Storage, CF_RAFT};
 use crate::transport::{self, tls};
 use crate::version::ETCD_CAPABILITY_VERSION;
@@ -40,10 +41,14 @@ pub enum BootError {
     Raft(#[from] crate::raft::RaftStartError),
     #[error("cannot listen on {url}: {source}")]
     Listen { url: String, source: std::io::Error },
-    #[error("no leader was elected within {0:?}")]
-    NoLeader(Duration),
     #[error("TLS for {url}: {source}")]
     Tls { url: String, source: tls::TlsError },
+    /// Joining or bootstrapping a cluster failed; etcd's wording.
+    #[error("{0}")]
+    Cluster(String),
+    /// The member must stop (removed from the cluster, wrong cluster).
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Who this member is; fixed when its data dir is created.
@@ -51,39 +56,188 @@ pub enum BootError {
 struct Identity {
     member_id: u64,
     cluster_id: u64,
+    /// Joined a running cluster (--initial-cluster-state existing): raft is never initialised
+    /// from the flags, the leader replicates the cluster to it.
+    #[serde(default)]
+    joined: bool,
 }
 
 const KEY_IDENTITY: &[u8] = b"identity";
+/// How long a peer has to say what cluster it is in (etcd allows 10 s per peer URL).
+const CLUSTER_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The bootstrap checks ask quickly: an absent peer is normal while a cluster forms.
+const BOOTSTRAP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn load_or_create_identity(storage: &Storage, config: &Config) -> Result<Identity, BootError> {
-    let db = storage.db();
-    let cf = storage.cf(CF_RAFT);
-    let stored = db
-        .get_cf(cf, KEY_IDENTITY)
+fn stored_identity(storage: &Storage) -> Result<Option<Identity>, BootError> {
+    let stored = storage
+        .db()
+        .get_cf(storage.cf(CF_RAFT), KEY_IDENTITY)
         .map_err(|e| BootError::Store(e.to_string()))?;
-    if let Some(raw) = stored {
-        return serde_json::from_slice(&raw)
-            .map_err(|e| BootError::Store(format!("identity: {e}")));
-    }
+    stored
+        .map(|raw| {
+            serde_json::from_slice(&raw).map_err(|e| BootError::Store(format!("identity: {e}")))
+        })
+        .transpose()
+}
+
+fn save_identity(storage: &Storage, ident: &Identity) -> Result<(), BootError> {
+    let mut batch = rocksdb::WriteBatch::default();
+    let encoded = serde_json::to_vec(ident).map_err(|e| BootError::Store(e.to_string()))?;
+    batch.put_cf(storage.cf(CF_RAFT), KEY_IDENTITY, encoded);
+    storage
+        .write_durable(batch)
+        .map_err(|e| BootError::Store(e.to_string()))
+}
+
+/// The peer URLs of the other members named in --initial-cluster.
+fn other_members_urls(config: &Config) -> Vec<String> {
+    config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .flat_map(|(_, urls)| urls.iter().cloned())
+        .collect()
+}
+
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut urls = urls.to_vec();
+    urls.sort();
+    urls
+}
+
+/// The identity of a new member of a new cluster: etcd's hashes of the flags.
+async fn new_cluster_identity(
+    config: &Config,
+    peer_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Identity, BootError> {
     let member_ids: Vec<u64> = config
         .initial_cluster
         .values()
         .map(|urls| identity::member_id(urls, &config.initial_cluster_token))
         .collect();
-    let ident = Identity {
-        member_id: identity::member_id(
-            &config.initial_advertise_peer_urls,
-            &config.initial_cluster_token,
-        ),
+    let member_id = identity::member_id(
+        &config.initial_advertise_peer_urls,
+        &config.initial_cluster_token,
+    );
+    // etcd's isMemberBootstrapped: a member that already published itself in a running
+    // cluster must not bootstrap again (its data dir was lost: remove and re-add it instead).
+    let probes = other_members_urls(config)
+        .into_iter()
+        .map(|url| async move {
+            crate::raft::peer::client::fetch_cluster(&url, peer_tls, BOOTSTRAP_PROBE_TIMEOUT).await
+        });
+    for answer in futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let published = answer
+            .members
+            .iter()
+            .any(|m| m.id == member_id && !m.client_ur_ls.is_empty());
+        if published {
+            return Err(BootError::Cluster(format!(
+                "member {member_id:x} has already been bootstrapped"
+            )));
+        }
+    }
+    Ok(Identity {
+        member_id,
         cluster_id: identity::cluster_id(&member_ids),
+        joined: false,
+    })
+}
+
+/// etcd's join of a running cluster: ask a member for the cluster, check that --initial-cluster
+/// describes it, and take this member's ID (given by `member add`) from it.
+async fn join_cluster_identity(
+    config: &Config,
+    peer_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Identity, BootError> {
+    let mut last_error = String::from("no other member in --initial-cluster");
+    let mut existing = None;
+    for url in other_members_urls(config) {
+        match crate::raft::peer::client::fetch_cluster(&url, peer_tls, CLUSTER_FETCH_TIMEOUT).await
+        {
+            Ok(info) => {
+                existing = Some(info);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(url, error = %e, "could not get cluster response");
+                last_error = e;
+            }
+        }
+    }
+    let existing = existing.ok_or_else(|| {
+        BootError::Cluster(format!(
+            "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs ({last_error})"
+        ))
+    })?;
+    let described = |urls: &[String]| {
+        format!(
+            "{:x}={}",
+            existing.cluster_id,
+            existing
+                .members
+                .iter()
+                .map(|m| format!("{}={}", m.name, urls.join(",")))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
     };
-    let mut batch = rocksdb::WriteBatch::default();
-    let encoded = serde_json::to_vec(&ident).map_err(|e| BootError::Store(e.to_string()))?;
-    batch.put_cf(cf, KEY_IDENTITY, encoded);
-    storage
-        .write_durable(batch)
-        .map_err(|e| BootError::Store(e.to_string()))?;
-    Ok(ident)
+    if existing.members.len() != config.initial_cluster.len() {
+        return Err(BootError::Cluster(format!(
+            "error validating peerURLs {}: member count is unequal",
+            described(&[])
+        )));
+    }
+    for m in &existing.members {
+        let known = config
+            .initial_cluster
+            .values()
+            .any(|urls| sorted(urls) == sorted(&m.peer_ur_ls));
+        if !known {
+            return Err(BootError::Cluster(format!(
+                "error validating peerURLs {}: PeerURLs: no match found for existing member ({:x}, {:?}), last resolver error (<nil>)",
+                described(&[]),
+                m.id,
+                m.peer_ur_ls
+            )));
+        }
+    }
+    let mine = sorted(&config.initial_advertise_peer_urls);
+    let me = existing
+        .members
+        .iter()
+        .find(|m| sorted(&m.peer_ur_ls) == mine)
+        .ok_or_else(|| {
+            BootError::Cluster(format!(
+                "this member's --initial-advertise-peer-urls {:?} are not in the cluster; add it first with `etcdctl member add`",
+                config.initial_advertise_peer_urls
+            ))
+        })?;
+    Ok(Identity {
+        member_id: me.id,
+        cluster_id: existing.cluster_id,
+        joined: true,
+    })
+}
+
+async fn load_or_create_identity(
+    storage: &Storage,
+    config: &Config,
+    peer_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Identity, bool), BootError> {
+    if let Some(ident) = stored_identity(storage)? {
+        return Ok((ident, false));
+    }
+    let ident = match config.initial_cluster_state {
+        ClusterState::Existing => join_cluster_identity(config, peer_tls).await?,
+        ClusterState::New => new_cluster_identity(config, peer_tls).await?,
+    };
+    save_identity(storage, &ident)?;
+    Ok((ident, true))
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
@@ -100,28 +254,50 @@ fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
     Ok(())
 }
 
+/// The membership a new cluster starts with: every member of --initial-cluster with its name
+/// and peer URLs. It must be the same on every member (it is the first log entry of each), so
+/// client URLs are left out: each member publishes its own once the cluster has a leader.
 fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
     config
         .initial_cluster
         .iter()
         .map(|(name, urls)| {
             let id = identity::member_id(urls, &config.initial_cluster_token);
-            let is_me = *name == config.name;
             let node = MemberNode {
                 name: name.clone(),
                 peer_urls: urls.clone(),
-                client_urls: if is_me {
-                    config.advertise_client_urls.clone()
-                } else {
-                    Vec::new()
-                },
+                client_urls: Vec::new(),
             };
             (id, node)
         })
         .collect()
 }
 
-/// Starts the member and serves until SIGINT or SIGTERM.
+/// TLS towards other members, when peer URLs are https or peer TLS is configured.
+fn peer_client_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, BootError> {
+    let any_https = config
+        .initial_cluster
+        .values()
+        .flatten()
+        .chain(&config.initial_advertise_peer_urls)
+        .any(|u| u.starts_with("https://"));
+    if !any_https && !config.peer_tls.is_configured() {
+        return Ok(None);
+    }
+    let auto_dir = tls::auto_tls_dir(&config.data_dir, "peer");
+    tls::peer_client_config(
+        &config.peer_tls,
+        &auto_dir,
+        &hosts_of(&config.listen_peer_urls),
+    )
+    .map(Some)
+    .map_err(|source| BootError::Tls {
+        url: "peer client".into(),
+        source,
+    })
+}
+
+/// Starts the member and serves until SIGINT or SIGTERM, or until it must stop.
 pub async fn run(config: Config) -> Result<(), BootError> {
     for notice in &config.notices {
         tracing::warn!("{notice}");
@@ -130,7 +306,16 @@ pub async fn run(config: Config) -> Result<(), BootError> {
     prepare_data_dir(&config.data_dir)?;
     let storage = Storage::open_with_observer(&member_dir.join("db"), Arc::new(DiskMetrics))
         .map_err(|e| BootError::Store(e.to_string()))?;
-    let ident = load_or_create_identity(&storage, &config)?;
+    let peer_tls = peer_client_tls(&config)?;
+    let (ident, first_start) =
+        load_or_create_identity(&storage, &config, peer_tls.as_ref()).await?;
+    if !first_start {
+        tracing::info!(
+            member = %format!("{:x}", ident.member_id),
+            cluster = %format!("{:x}", ident.cluster_id),
+            "restarting member on its data dir; --initial-cluster flags are ignored"
+        );
+    }
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
     store
         .watch_hub()
@@ -148,24 +333,27 @@ pub async fn run(config: Config) -> Result<(), BootError> {
     let alarms = applier.alarms().clone();
     let settings = RaftSettings {
         member_id: ident.member_id,
+        cluster_id: ident.cluster_id,
         member: MemberNode {
             name: config.name.clone(),
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
         },
-        initial_members: initial_members(&config),
+        initial_members: if ident.joined {
+            BTreeMap::new()
+        } else {
+            initial_members(&config)
+        },
         heartbeat_interval: config.heartbeat_interval,
         election_timeout: config.election_timeout,
         snapshot_count: config.snapshot_count,
         snapshot_dir: member_dir.join("snap"),
+        incoming_snapshot_dir: member_dir.join("snap-incoming"),
         request_timeout: request_timeout(&config),
+        peer_tls: peer_tls.clone(),
+        strict_reconfig_check: config.strict_reconfig_check,
     };
     let raft = RaftNode::start(settings, storage, applier).await?;
-    let election_wait = request_timeout(&config);
-    if !raft.wait_for_leader(election_wait).await {
-        return Err(BootError::NoLeader(election_wait));
-    }
-    tracing::info!("enabled capabilities for version {ETCD_CAPABILITY_VERSION}");
     let member = Arc::new(Member::new(
         ident.cluster_id,
         raft.clone(),
@@ -178,50 +366,170 @@ pub async fn run(config: Config) -> Result<(), BootError> {
             quota_backend_bytes: config.quota_backend_bytes,
         },
     ));
+    let leases: Arc<dyn LeaderLeases> = member.clone();
+    raft.set_leader_leases(Arc::downgrade(&leases));
     member.start_lease_tasks();
     member.start_auto_compaction(config.auto_compaction);
     start_metrics(&config, &member);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    let mut client_listeners = Vec::new();
+    for listener in bind_listeners(&config, &member, &raft).await? {
+        if listener.kind == ListenerKind::Client {
+            client_listeners.push(listener);
+        } else {
+            servers.push(serve_listener(listener, &stop_rx));
+        }
+    }
+    if first_start && !ident.joined && config.initial_cluster.len() > 1 {
+        tokio::spawn(check_bootstrap_peers(
+            raft.clone(),
+            other_members_urls(&config),
+            peer_tls.clone(),
+        ));
+    }
+    let mut fatal = raft.fatal_receiver();
+    let outcome = tokio::select! {
+        () = publish(&member, &config) => None,
+        () = wait_for_stop_signal() => Some(Ok(())),
+        reason = fatal.wait_for(Option::is_some) => Some(Err(fatal_reason(reason.ok().and_then(|r| r.clone())))),
+    };
+    if let Some(outcome) = outcome {
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        raft.shutdown().await;
+        return outcome;
+    }
+    tracing::info!("enabled capabilities for version {ETCD_CAPABILITY_VERSION}");
     tracing::info!(
         "published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
         config.name,
         config.advertise_client_urls.join(" "),
         ident.cluster_id
     );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let listeners = bind_listeners(&config, &member).await?;
-    let mut servers = Vec::new();
-    for listener in listeners {
-        if listener.kind == ListenerKind::Client && listener.tls.is_none() {
-            tracing::info!(
-                "serving insecure client requests on {}, this is strongly discouraged!",
-                listener.local
-            );
-        } else {
-            tracing::info!(
-                "serving {:?} requests on {} ({})",
-                listener.kind,
-                listener.local,
-                listener.url
-            );
-        }
-        servers.push(tokio::spawn(transport::serve(
-            listener.tcp,
-            listener.tls,
-            listener.router,
-            stop_rx.clone(),
-        )));
+    for listener in client_listeners {
+        servers.push(serve_listener(listener, &stop_rx));
     }
     tracing::info!("ready to serve client requests");
 
-    wait_for_stop_signal().await;
-    tracing::info!("received stop signal; shutting down");
+    let outcome = tokio::select! {
+        () = wait_for_stop_signal() => {
+            tracing::info!("received stop signal; shutting down");
+            Ok(())
+        }
+        reason = fatal.wait_for(Option::is_some) => Err(fatal_reason(reason.ok().and_then(|r| r.clone()))),
+    };
     let _ = stop_tx.send(true);
     for server in servers {
         let _ = server.await;
     }
     raft.shutdown().await;
-    Ok(())
+    outcome
+}
+
+fn fatal_reason(reason: Option<String>) -> BootError {
+    BootError::Fatal(reason.unwrap_or_else(|| "raft stopped".to_string()))
+}
+
+fn serve_listener(
+    listener: BoundListener,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    if listener.kind == ListenerKind::Client && listener.tls.is_none() {
+        tracing::info!(
+            "serving insecure client requests on {}, this is strongly discouraged!",
+            listener.local
+        );
+    } else {
+        tracing::info!(
+            "serving {:?} requests on {} ({})",
+            listener.kind,
+            listener.local,
+            listener.url
+        );
+    }
+    tokio::spawn(transport::serve(
+        listener.tcp,
+        listener.tls,
+        listener.router,
+        stop.clone(),
+    ))
+}
+
+/// How often a member waiting for its cluster says so.
+const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits for a leader, then records this member's name and client URLs in the cluster (etcd's
+/// publish); a member serves clients only after that, as etcd's do.
+async fn publish(member: &Arc<Member>, config: &Config) {
+    let mut last_log = Instant::now();
+    loop {
+        if member.raft().wait_for_leader(Duration::from_secs(1)).await {
+            match member
+                .publish(&config.name, &config.advertise_client_urls)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    if last_log.elapsed() >= WAITING_LOG_EVERY {
+                        tracing::warn!(error = %e, "failed to publish local member to cluster through raft");
+                        last_log = Instant::now();
+                    }
+                }
+            }
+        } else if last_log.elapsed() >= WAITING_LOG_EVERY {
+            tracing::info!("waiting for the cluster to elect a leader before serving clients");
+            last_log = Instant::now();
+        }
+    }
+}
+
+/// While a new cluster forms, makes sure this member's flags agree with its peers': if most of
+/// the other members belong to another cluster (other --initial-cluster or token), this member
+/// is the odd one out and stops, rather than waiting for a leader forever.
+async fn check_bootstrap_peers(
+    raft: Arc<RaftNode>,
+    peer_urls: Vec<String>,
+    peer_tls: Option<Arc<rustls::ClientConfig>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if raft.ever_had_leader() || raft.status().leader.is_some() {
+            return;
+        }
+        let probes = peer_urls.iter().map(|url| {
+            let tls = peer_tls.clone();
+            async move {
+                crate::raft::peer::client::fetch_cluster(url, tls.as_ref(), BOOTSTRAP_PROBE_TIMEOUT)
+                    .await
+            }
+        });
+        let answers: Vec<_> = futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let others: std::collections::BTreeSet<u64> = answers.iter().map(|a| a.member_id).collect();
+        let disagreeing: Vec<&crate::proto::peerpb::ClusterInfo> = answers
+            .iter()
+            .filter(|a| a.cluster_id != raft.cluster_id())
+            .collect();
+        let expected_others = peer_urls.len().max(others.len());
+        if !disagreeing.is_empty() && disagreeing.len() * 2 > expected_others {
+            let theirs = disagreeing[0].cluster_id;
+            raft.fail(format!(
+                "request sent was ignored (cluster ID mismatch: peer[{:x}]={theirs:x}, local={:x}); \
+                 this member's --initial-cluster or --initial-cluster-token differs from its peers'",
+                disagreeing[0].member_id,
+                raft.cluster_id()
+            ));
+            return;
+        }
+    }
 }
 
 async fn wait_for_stop_signal() {
@@ -267,6 +575,10 @@ fn client_router(member: &Arc<Member>) -> axum::Router {
     let grpc = api::routes(member.clone())
         .into_axum_router()
         .layer(api::message_limit::EtcdMessageLimitLayer)
+        .layer(axum::middleware::from_fn_with_state(
+            member.clone(),
+            api::learner::refuse_for_learner,
+        ))
         .layer(GrpcMetricsLayer);
     grpc.merge(crate::http::router(member.clone()))
         .fallback(client_url_fallback)
@@ -308,10 +620,11 @@ fn hosts_of(urls: &[ListenUrl]) -> Vec<String> {
 async fn bind_listeners(
     config: &Config,
     member: &Arc<Member>,
+    raft: &Arc<RaftNode>,
 ) -> Result<Vec<BoundListener>, BootError> {
     let client_router = client_router(member);
     let metrics_router = crate::http::router(member.clone());
-    let peer_router = axum::Router::new();
+    let peer_router = raft.peer_router();
     let mut bound = Vec::new();
     let groups = [
         (
@@ -409,6 +722,9 @@ fn start_metrics(config: &Config, member: &Arc<Member>) {
             last_leader = raft.leader;
             METRICS.has_leader.set(i64::from(raft.leader.is_some()));
             METRICS.is_leader.set(i64::from(raft.is_leader));
+            METRICS
+                .is_learner
+                .set(i64::from(member.raft().is_learner()));
             METRICS.proposals_committed.set(raft.commit_index as i64);
             METRICS.proposals_applied.set(raft.applied_index as i64);
             let store = member.store();

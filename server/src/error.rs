@@ -56,6 +56,24 @@ pub enum EtcdError {
     Canceled,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadMemberUrls,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A failure inside this member (disk, bug) that etcd would report as a plain error.
     #[error("{0}")]
     Internal(String),
@@ -80,7 +98,7 @@ pub type EtcdResult<T> = Result<T, EtcdError>;
 
 impl EtcdError {
     /// Every error with a fixed message, for turning a message back into its error.
-    const WITH_FIXED_MESSAGE: [EtcdError; 26] = [
+    const WITH_FIXED_MESSAGE: [EtcdError; 34] = [
         EtcdError::Compacted,
         EtcdError::FutureRevision,
         EtcdError::NoLeader,
@@ -106,15 +124,28 @@ impl EtcdError {
         EtcdError::MemberNotFound,
         EtcdError::Canceled,
         EtcdError::NotSupportedForLearner,
-        EtcdError::NotLeader,
+        EtcdError::MemberExists,
+        EtcdError::PeerUrlExists,
+        EtcdError::MemberNotLearner,
+        EtcdError::LearnerNotReady,
+        EtcdError::TooManyLearners,
+        EtcdError::NotEnoughStartedMembers,
+        EtcdError::BadMemberUrls,
+        EtcdError::BadLeaderTransferee,
+        EtcdError::LeaderTransferTimeout,
     ];
 
     /// The error whose message is `message` (errors travel through the raft log as text).
     pub fn from_message(message: &str) -> Self {
+        Self::fixed_message(message)
+            .unwrap_or_else(|| EtcdError::InvalidArgument(message.to_string()))
+    }
+
+    /// The error with this fixed message, if there is one.
+    pub fn fixed_message(message: &str) -> Option<Self> {
         Self::WITH_FIXED_MESSAGE
             .iter()
             .find(|e| e.to_string() == message)
             .cloned()
-            .unwrap_or_else(|| EtcdError::InvalidArgument(message.to_string()))
     }
 }

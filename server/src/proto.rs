@@ -25,6 +25,10 @@ pub mod keelson {
     pub mod raftpb {
         tonic::include_proto!("keelson.raftpb");
     }
+
+    pub mod peerpb {
+        tonic::include_proto!("keelson.peerpb");
+    }
 }
 
-pub use keelson::raftpb;
+pub use keelson::{peerpb, raftpb};

@@ -1,4 +1,4 @@
-//! etcdserverpb.Cluster: MemberList now; membership changes with multi-member clusters.
+//! etcdserverpb.Cluster: the member list and membership changes, taken by any member.
 
 use std::sync::Arc;
 
@@ -6,7 +6,11 @@ use tonic::{Request, Response, Status};
 
 use crate::member::Member;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
-use crate::proto::etcdserverpb::{MemberListRequest, MemberListResponse};
+use crate::proto::etcdserverpb::{
+    MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse,
+};
 
 pub struct ClusterService {
     member: Arc<Member>,
@@ -20,6 +24,37 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.member
+                .member_add(req.peer_ur_ls, req.is_learner)
+                .await?,
+        ))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Ok(Response::new(
+            self.member.member_remove(request.get_ref().id).await?,
+        ))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(
+            self.member.member_update(req.id, req.peer_ur_ls).await?,
+        ))
+    }
+
     async fn member_list(
         &self,
         request: Request<MemberListRequest>,
@@ -28,5 +63,14 @@ impl Cluster for ClusterService {
             self.member.raft().read_index().await?;
         }
         Ok(Response::new(self.member.member_list()))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Ok(Response::new(
+            self.member.member_promote(request.get_ref().id).await?,
+        ))
     }
 }

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use crate::member::Member;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, StatusRequest,
-    StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 
 pub struct MaintenanceService {
@@ -42,6 +42,29 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.member.defragment().await?;
         Ok(Response::new(DefragmentResponse {
+            header: Some(self.member.header(self.member.store().current_revision())),
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        Ok(Response::new(
+            self.member.hash_kv(request.get_ref().revision).await?,
+        ))
+    }
+
+    /// etcd's MoveLeader: only the leader moves its leadership, to a voting member.
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.member
+            .raft()
+            .move_leader(request.get_ref().target_id)
+            .await?;
+        Ok(Response::new(MoveLeaderResponse {
             header: Some(self.member.header(self.member.store().current_revision())),
         }))
     }

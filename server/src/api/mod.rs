@@ -5,6 +5,7 @@
 
 mod cluster;
 mod kv;
+pub mod learner;
 mod lease;
 mod maintenance;
 pub mod message_limit;

@@ -16,7 +16,15 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::Stopped
         | EtcdError::UnhealthyCluster
         | EtcdError::NotSupportedForLearner => Code::Unavailable,
-        EtcdError::NotLeader | EtcdError::LeaseExists => Code::FailedPrecondition,
+        EtcdError::NotLeader
+        | EtcdError::LeaseExists
+        | EtcdError::MemberExists
+        | EtcdError::PeerUrlExists
+        | EtcdError::MemberNotLearner
+        | EtcdError::LearnerNotReady
+        | EtcdError::TooManyLearners
+        | EtcdError::NotEnoughStartedMembers
+        | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
         EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
         EtcdError::TooManyTxnOps
         | EtcdError::DuplicateKey
@@ -25,11 +33,12 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::ValueProvided
         | EtcdError::LeaseProvided
         | EtcdError::RequestTooLarge
+        | EtcdError::BadMemberUrls
         | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
         EtcdError::TooManyRequests | EtcdError::NoSpace => Code::ResourceExhausted,
         EtcdError::Corrupt => Code::DataLoss,
         EtcdError::Canceled => Code::Cancelled,
-        EtcdError::Internal(_) => Code::Unknown,
+        EtcdError::Internal(_) | EtcdError::LeaderTransferTimeout => Code::Unknown,
     };
     Status::new(code, error.to_string())
 }

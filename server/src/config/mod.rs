@@ -53,7 +53,8 @@ const fn flag(
 use Kind::{Bool, Value};
 use Support::{Ignored, Refused, Supported};
 
-const NOT_YET_MULTI: &str = "multi-member clusters are not supported yet";
+const FORCE_NEW_CLUSTER: &str =
+    "recovering a lost quorum by rewriting the membership is not supported yet; restore from a snapshot instead";
 
 /// Every flag keelson knows, with etcd's defaults.
 pub const FLAGS: &[FlagSpec] = &[
@@ -65,8 +66,8 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("max-wals", Value, "5", "Maximum WAL files to retain.", Ignored("the log is purged after each snapshot")),
     flag("heartbeat-interval", Value, "100", "Time (in milliseconds) of a heartbeat interval.", Supported),
     flag("election-timeout", Value, "1000", "Time (in milliseconds) for an election to timeout.", Supported),
-    flag("initial-election-tick-advance", Bool, "true", "Whether to fast-forward initial election ticks on boot.", Ignored("a lone voter elects itself at once")),
-    flag("pre-vote", Bool, "true", "Enable the raft pre-vote algorithm.", Ignored("pre-vote is always on")),
+    flag("initial-election-tick-advance", Bool, "true", "Whether to fast-forward initial election ticks on boot.", Ignored("a lone voter elects itself at once; members of a cluster wait one election timeout")),
+    flag("pre-vote", Bool, "true", "Enable the raft pre-vote algorithm.", Ignored("pre-vote and check-quorum are always on")),
     flag("quota-backend-bytes", Value, "0", "Raise alarms when the backend size exceeds the given quota (0 defaults to 2 GiB).", Supported),
     flag("max-txn-ops", Value, "128", "Maximum number of operations permitted in a transaction.", Supported),
     flag("max-request-bytes", Value, "1572864", "Maximum client request size in bytes the server will accept.", Supported),
@@ -87,7 +88,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("advertise-client-urls", Value, "http://localhost:2379", "List of this member's client URLs to advertise to the public.", Supported),
     flag("discovery", Value, "", "Discovery URL used to bootstrap the cluster.", Refused("discovery is not supported")),
     flag("discovery-srv", Value, "", "DNS srv domain used to bootstrap the cluster.", Refused("discovery is not supported")),
-    flag("strict-reconfig-check", Bool, "true", "Reject reconfiguration requests that would cause quorum loss.", Ignored("reconfiguration is always checked")),
+    flag("strict-reconfig-check", Bool, "true", "Reject reconfiguration requests that would cause quorum loss.", Supported),
     flag("cert-file", Value, "", "Path to the client server TLS cert file.", Supported),
     flag("key-file", Value, "", "Path to the client server TLS key file.", Supported),
     flag("client-cert-auth", Bool, "false", "Enable client cert authentication.", Supported),
@@ -103,6 +104,8 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("peer-trusted-ca-file", Value, "", "Path to the peer server TLS trusted CA file.", Supported),
     flag("peer-auto-tls", Bool, "false", "Peer TLS using self-generated certificates.", Supported),
     flag("peer-crl-file", Value, "", "Path to the peer certificate revocation list file.", Supported),
+    flag("peer-cert-allowed-cn", Value, "", "Allowed CN for inter peer authentication.", Supported),
+    flag("peer-cert-allowed-hostname", Value, "", "Allowed TLS hostname for inter peer authentication.", Supported),
     flag("logger", Value, "", "'zap' for JSON lines as etcd writes them; unset, readable text.", Supported),
     flag("log-outputs", Value, "default", "Specify 'stdout' or 'stderr' to skip journald logging even when running under systemd.", Supported),
     flag("log-level", Value, "info", "Configures log level. Only supports debug, info, warn, error, panic, or fatal.", Supported),
@@ -121,7 +124,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("experimental-compaction-batch-limit", Value, "1000", "Sets the maximum revisions deleted in each compaction batch.", Ignored("compaction batches hold 1000 changes")),
     flag("feature-gates", Value, "", "A set of key=value pairs that describe server level feature gates.", Ignored("no etcd feature gate changes keelson's behaviour")),
     flag("unsafe-no-fsync", Bool, "false", "Disables fsync, unsafe, will cause data loss.", Refused("keelson never acknowledges a write before it is on disk")),
-    flag("force-new-cluster", Bool, "false", "Force to create a new one member cluster.", Refused(NOT_YET_MULTI)),
+    flag("force-new-cluster", Bool, "false", "Force to create a new one member cluster.", Refused(FORCE_NEW_CLUSTER)),
     flag("config-file", Value, "", "Path to the server configuration file; other flags and ETCD_* variables are then ignored.", Supported),
 ];
 
@@ -147,6 +150,7 @@ pub struct Config {
     pub initial_cluster: BTreeMap<String, Vec<String>>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    pub strict_reconfig_check: bool,
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -331,12 +335,6 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         &initial_advertise_peer_urls,
         &initial_cluster_raw,
     )?;
-    if initial_cluster.len() > 1 {
-        return Err(ConfigError::Invalid(format!(
-            "--initial-cluster names {} members: {NOT_YET_MULTI}",
-            initial_cluster.len()
-        )));
-    }
     let initial_cluster_state = match v.string("initial-cluster-state").as_str() {
         "new" => ClusterState::New,
         "existing" => ClusterState::Existing,
@@ -348,11 +346,6 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
             ))
         }
     };
-    if initial_cluster_state == ClusterState::Existing {
-        return Err(ConfigError::Invalid(format!(
-            "--initial-cluster-state=existing joins a running cluster: {NOT_YET_MULTI}"
-        )));
-    }
     let quota: i64 = v.number("quota-backend-bytes")?;
     let heartbeat_ms: u64 = v.number("heartbeat-interval")?;
     let election_ms: u64 = v.number("election-timeout")?;
@@ -388,6 +381,7 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         initial_cluster,
         initial_cluster_state,
         initial_cluster_token: v.string("initial-cluster-token"),
+        strict_reconfig_check: v.bool("strict-reconfig-check")?,
         snapshot_count: v.number("snapshot-count")?,
         max_request_bytes,
         max_txn_ops,
@@ -472,6 +466,16 @@ fn tls_settings(v: &Values<'_>, prefix: &str) -> Result<TlsSettings, ConfigError
         cipher_suites: v.list("cipher-suites"),
         min_version: shared("tls-min-version"),
         max_version: shared("tls-max-version"),
+        allowed_cn: if prefix.is_empty() {
+            None
+        } else {
+            shared("peer-cert-allowed-cn")
+        },
+        allowed_hostname: if prefix.is_empty() {
+            None
+        } else {
+            shared("peer-cert-allowed-hostname")
+        },
     };
     if settings.cert_file.is_some() != settings.key_file.is_some() {
         return Err(ConfigError::Invalid(format!(

@@ -18,7 +18,8 @@ use crate::proto::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType, LeaseCh
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
-use crate::storage::StorageError;
+use crate::raft::StateMachineApplier;
+use crate::storage::{Storage, StorageError};
 
 pub struct Applier {
     store: Arc<MvccStore>,
@@ -91,6 +92,24 @@ impl Applier {
             .commit(txn.finish())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         Ok(response)
+    }
+}
+
+impl StateMachineApplier for Applier {
+    fn storage(&self) -> &Arc<Storage> {
+        self.store.storage()
+    }
+
+    fn apply(
+        &self,
+        request: Option<&RaftRequest>,
+        record: &dyn Fn(&mut WriteBatch),
+    ) -> Result<RaftResponse, StorageError> {
+        Applier::apply(self, request, record)
+    }
+
+    fn reload(&self) -> Result<(), StorageError> {
+        Applier::reload(self)
     }
 }
 

@@ -17,6 +17,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{LeaseCheckpoint, LeaseCheckpointBatch};
+use crate::raft::LeaderLeases;
 
 /// etcd's quota estimate for a lease.
 const LEASE_COST: usize = 64;
@@ -32,6 +33,20 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 const CHECKPOINTS_PER_ENTRY: usize = 1000;
 /// How often leadership is checked to start or stop the leader's lease work.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(50);
+
+#[tonic::async_trait]
+impl LeaderLeases for Member {
+    async fn keep_alive(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
+        self.renew_as_leader(id).await
+    }
+
+    async fn time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> EtcdResult<LeaseTimeToLiveResponse> {
+        self.time_to_live_as_leader(req).await
+    }
+}
 
 impl Member {
     pub async fn lease_grant(&self, mut req: LeaseGrantRequest) -> EtcdResult<LeaseGrantResponse> {
@@ -67,8 +82,16 @@ impl Member {
         }
     }
 
-    /// Renews a lease; TTL 0 answers a lease that does not exist (any more).
+    /// Renews a lease on the leader (from a follower, through it); TTL 0 answers a lease that
+    /// does not exist (any more).
     pub async fn lease_keep_alive(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
+        let mut answer = self.raft.lease_keep_alive_on_leader(id).await?;
+        answer.header = Some(self.header(self.store.current_revision()));
+        Ok(answer)
+    }
+
+    /// The leader's renewal: only the leader tracks when leases expire.
+    async fn renew_as_leader(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
         let ttl = match self.lessor.renew(id) {
             Renewal::Renewed {
                 ttl,
@@ -96,10 +119,23 @@ impl Member {
         })
     }
 
+    /// A lease's remaining TTL, as the leader (which alone tracks expiry) knows it.
     pub async fn lease_time_to_live(
         &self,
         req: LeaseTimeToLiveRequest,
     ) -> EtcdResult<LeaseTimeToLiveResponse> {
+        let mut answer = self.raft.lease_time_to_live_on_leader(req).await?;
+        answer.header = Some(self.header(self.store.current_revision()));
+        Ok(answer)
+    }
+
+    async fn time_to_live_as_leader(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> EtcdResult<LeaseTimeToLiveResponse> {
+        if !self.lessor.is_primary() {
+            return Err(EtcdError::NotLeader);
+        }
         let header = Some(self.header(self.store.current_revision()));
         let Some((remaining, granted)) = self.lessor.time_to_live(req.id) else {
             return Ok(LeaseTimeToLiveResponse {

@@ -4,6 +4,7 @@
 pub mod alarms;
 pub mod applier;
 pub mod auto_compaction;
+mod cluster;
 pub mod identity;
 pub mod ids;
 mod leases;
@@ -23,9 +24,8 @@ use crate::proto::etcdserverpb::request_op::Request as TxnOp;
 use crate::proto::etcdserverpb::response_op::Response as TxnOpResponse;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, Member as PbMember, MemberListResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest,
-    TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
@@ -209,6 +209,9 @@ impl Member {
 
     pub async fn range(&self, req: RangeRequest) -> EtcdResult<RangeResponse> {
         METRICS.mvcc_range.inc();
+        if !req.serializable && self.raft.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner);
+        }
         if !req.serializable {
             self.raft.read_index().await?;
         }
@@ -325,11 +328,7 @@ impl Member {
             raft_applied_index: raft.applied_index,
             errors: self.status_errors(&raft),
             db_size_in_use,
-            is_learner: self
-                .raft
-                .members()
-                .iter()
-                .any(|m| m.id == self.id() && m.is_learner),
+            is_learner: self.raft.is_learner(),
             // Only etcd 3.6 reports a storage version; keelson answers as 3.5 does.
             storage_version: String::new(),
             db_size_quota: self.limits.quota_backend_bytes,
@@ -348,25 +347,6 @@ impl Member {
         }
         errors.extend(self.alarms.status_lines());
         errors
-    }
-
-    pub fn member_list(&self) -> MemberListResponse {
-        let members = self
-            .raft
-            .members()
-            .into_iter()
-            .map(|m| PbMember {
-                id: m.id,
-                name: m.node.name,
-                peer_ur_ls: m.node.peer_urls,
-                client_ur_ls: m.node.client_urls,
-                is_learner: m.is_learner,
-            })
-            .collect();
-        MemberListResponse {
-            header: Some(self.header(self.store.current_revision())),
-            members,
-        }
     }
 }
 
@@ -398,6 +378,18 @@ fn txn_is_serializable(req: &TxnRequest) -> bool {
 }
 
 impl Member {
+    pub async fn hash_kv(&self, revision: i64) -> EtcdResult<HashKvResponse> {
+        let (hash, compact_revision, hash_revision) = self
+            .read_locally(move |store| store.hash_kv(revision))
+            .await?;
+        Ok(HashKvResponse {
+            header: Some(self.header(self.store.current_revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        })
+    }
+
     /// Rewrites the store's files without superseded data. Unlike etcd's, this does not stop
     /// the member: RocksDB compacts in the background while reads and writes go on.
     pub async fn defragment(&self) -> EtcdResult<()> {

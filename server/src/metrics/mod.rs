@@ -59,6 +59,12 @@ pub struct Metrics {
     pub peer_sent_bytes: IntCounterVec,
     pub peer_received_bytes: IntCounterVec,
     pub active_peers: IntGaugeVec,
+    pub snapshot_send_success: IntCounterVec,
+    pub snapshot_send_failures: IntCounterVec,
+    pub snapshot_send_seconds: HistogramVec,
+    pub snapshot_receive_success: IntCounterVec,
+    pub snapshot_receive_failures: IntCounterVec,
+    pub snapshot_receive_seconds: HistogramVec,
     pub client_grpc_sent_bytes: IntCounter,
     pub client_grpc_received_bytes: IntCounter,
 
@@ -103,6 +109,26 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 /// etcd's disk latency buckets: 1 ms doubling 14 times.
 fn disk_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.0, 14).unwrap_or_default()
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+/// etcd's snapshot transfer buckets: 100 ms doubling 11 times.
+fn snapshot_buckets() -> Vec<f64> {
+    exponential_buckets(0.1, 2.0, 11).unwrap_or_default()
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -186,6 +212,12 @@ impl Metrics {
             peer_sent_bytes: counter_vec(&r, "etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers.", &["To"]),
             peer_received_bytes: counter_vec(&r, "etcd_network_peer_received_bytes_total", "The total number of bytes received from peers.", &["From"]),
             active_peers: gauge_vec(&r, "etcd_network_active_peers", "The current number of active peer connections.", &["Local", "Remote"]),
+            snapshot_send_success: counter_vec(&r, "etcd_network_snapshot_send_success", "Total number of successful snapshot sends", &["To"]),
+            snapshot_send_failures: counter_vec(&r, "etcd_network_snapshot_send_failures", "Total number of snapshot send failures", &["To"]),
+            snapshot_send_seconds: histogram_vec(&r, "etcd_network_snapshot_send_total_duration_seconds", "Total latency distributions of v3 snapshot sends", snapshot_buckets(), &["To"]),
+            snapshot_receive_success: counter_vec(&r, "etcd_network_snapshot_receive_success", "Total number of successful snapshot receives", &["From"]),
+            snapshot_receive_failures: counter_vec(&r, "etcd_network_snapshot_receive_failures", "Total number of snapshot receive failures", &["From"]),
+            snapshot_receive_seconds: histogram_vec(&r, "etcd_network_snapshot_receive_total_duration_seconds", "Total latency distributions of v3 snapshot receives", snapshot_buckets(), &["From"]),
             client_grpc_sent_bytes: counter(&r, "etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients."),
             client_grpc_received_bytes: counter(&r, "etcd_network_client_grpc_received_bytes_total", "The total number of bytes received from grpc clients."),
             grpc: grpc::GrpcMetrics::register(&r),

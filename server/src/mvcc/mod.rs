@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod compact;
+pub mod hash;
 pub mod keys;
 pub mod read;
 pub mod record;
@@ -109,6 +110,22 @@ impl MvccStore {
             current: self.current_revision(),
         };
         execute_range(&mut reader, req)
+    }
+
+    /// etcd's HashKV at revision `at` (0: the current one): (hash, compacted revision, the
+    /// revision hashed).
+    pub fn hash_kv(&self, at: i64) -> EtcdResult<(u32, i64, i64)> {
+        let current = self.current_revision();
+        let compacted = self.compacted_revision();
+        let at = if at == 0 { current } else { at };
+        if at > current {
+            return Err(EtcdError::FutureRevision);
+        }
+        if at <= compacted {
+            return Err(EtcdError::Compacted);
+        }
+        let hash = hash::hash_kv(&self.storage, at, compacted)?;
+        Ok((hash, compacted, at))
     }
 
     /// The newest live version of `key` at `at`.

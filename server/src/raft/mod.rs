@@ -1,10 +1,14 @@
 //! Consensus: the only module that names openraft.
 //!
-//! `RaftNode` is what the rest of keelson sees: propose a request and get the applied result,
-//! wait for a linearizable read point, and read the member's raft status.
+//! `RaftNode` is what the rest of keelson sees: propose a request and get the applied result
+//! (from any member: a follower hands it to the leader), wait for a linearizable read point,
+//! change the membership, and read the member's raft status. The peer protocol (client and
+//! server) lives in `peer/`.
 
+mod cluster_state;
 mod log_store;
-mod network;
+mod membership;
+pub mod peer;
 mod read_index;
 mod snapshot;
 mod state_machine;
@@ -15,19 +19,27 @@ mod storage_suite;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, Instant as _, ServerState, SnapshotPolicy};
+use rocksdb::WriteBatch;
+use tokio::sync::watch;
 
 use crate::error::{EtcdError, EtcdResult};
-use crate::member::applier::Applier;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::proto::peerpb::MembershipChange;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
-use crate::storage::{Storage, WalSyncer};
+use crate::storage::{Storage, StorageError, WalSyncer};
+use cluster_state::ClusterState;
 use log_store::LogStore;
-use network::PeerNetwork;
+use peer::client::{PeerCallError, PeerNetwork, PeerPool, CLUSTER_MISMATCH_MESSAGE};
+use peer::faults::PeerFaults;
+use peer::snapshot_transfer::Incoming;
 use read_index::ReadIndexBatcher;
 use snapshot::{SnapshotData, SnapshotStore};
 use state_machine::StateMachine;
@@ -45,23 +57,57 @@ pub(crate) type RaftSnapshot = openraft::Snapshot<
 /// Entries kept after a snapshot so that a slightly lagging follower needs no snapshot
 /// (etcd keeps 5000 for the same reason).
 const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 5000;
+/// How long a forwarded request waits between attempts while the cluster has no leader.
+const LEADER_POLL: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone)]
+/// What the state machine needs from the layer that executes requests (the member's applier).
+pub trait StateMachineApplier: Send + Sync + 'static {
+    fn storage(&self) -> &Arc<Storage>;
+    /// Applies `request` (or nothing, for raft's own entries) and commits it together with what
+    /// `record` adds to the batch.
+    fn apply(
+        &self,
+        request: Option<&RaftRequest>,
+        record: &dyn Fn(&mut WriteBatch),
+    ) -> Result<RaftResponse, StorageError>;
+    /// Reloads in-memory state after the data underneath was replaced by a snapshot.
+    fn reload(&self) -> Result<(), StorageError>;
+}
+
+/// What the leader does for the lease clients of its followers; the member implements it.
+#[tonic::async_trait]
+pub trait LeaderLeases: Send + Sync + 'static {
+    async fn keep_alive(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse>;
+    async fn time_to_live(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> EtcdResult<LeaseTimeToLiveResponse>;
+}
+
+#[derive(Clone)]
 pub struct RaftSettings {
     pub member_id: u64,
+    pub cluster_id: u64,
     pub member: MemberNode,
-    /// Every member of a new cluster, this one included.
+    /// Every member of a new cluster, this one included; empty when joining one.
     pub initial_members: BTreeMap<u64, MemberNode>,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
     pub snapshot_dir: PathBuf,
+    /// Where snapshots sent by a leader are written while they arrive.
+    pub incoming_snapshot_dir: PathBuf,
     /// How long a proposal may wait to be applied before the client is told it timed out.
     pub request_timeout: Duration,
+    /// TLS towards https peer URLs.
+    pub peer_tls: Option<Arc<rustls::ClientConfig>>,
+    /// etcd's --strict-reconfig-check.
+    pub strict_reconfig_check: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct RaftStatus {
+    /// The leader this member follows (or itself), when it is in contact with it.
     pub leader: Option<u64>,
     pub term: u64,
     pub commit_index: u64,
@@ -90,23 +136,39 @@ pub struct RaftNode {
     raft: Raft,
     settings: RaftSettings,
     reads: ReadIndexBatcher,
+    peers: Arc<PeerPool>,
+    cluster: Arc<ClusterState>,
+    incoming: Incoming,
+    leases: OnceLock<Weak<dyn LeaderLeases>>,
+    /// Membership changes run one at a time on the leader.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl RaftNode {
     pub async fn start(
         settings: RaftSettings,
         storage: Arc<Storage>,
-        applier: Arc<Applier>,
+        applier: Arc<dyn StateMachineApplier>,
     ) -> Result<Arc<Self>, RaftStartError> {
+        let faults = Arc::new(PeerFaults::from_env());
+        let cluster = Arc::new(ClusterState::new(
+            settings.member_id,
+            settings.cluster_id,
+            faults.clone(),
+        ));
+        let peers = Arc::new(peer_pool(&settings, &cluster, faults));
         let syncer = WalSyncer::start(storage.clone())?;
         let log_store = LogStore::new(storage, syncer);
-        let state_machine =
-            StateMachine::open(applier, SnapshotStore::new(settings.snapshot_dir.clone())?)?;
+        let state_machine = StateMachine::open(
+            applier,
+            SnapshotStore::new(settings.snapshot_dir.clone())?,
+            cluster.clone(),
+        )?;
         let config = raft_config(&settings)?;
         let raft = Raft::new(
             settings.member_id,
             Arc::new(config),
-            PeerNetwork,
+            PeerNetwork::new(peers.clone()),
             log_store,
             state_machine,
         )
@@ -116,15 +178,20 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| RaftStartError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && !settings.initial_members.is_empty() {
             raft.initialize(settings.initial_members.clone())
                 .await
                 .map_err(|e| RaftStartError::Raft(e.to_string()))?;
         }
         let node = Arc::new(Self {
-            reads: ReadIndexBatcher::new(raft.clone()),
+            reads: ReadIndexBatcher::new(),
+            incoming: Incoming::new(settings.incoming_snapshot_dir.clone())?,
             raft,
             settings,
+            peers,
+            cluster,
+            leases: OnceLock::new(),
+            membership_changes: tokio::sync::Mutex::new(()),
         });
         node.campaign_if_alone().await;
         Ok(node)
@@ -145,34 +212,77 @@ impl RaftNode {
         }
     }
 
+    /// Lets the leader answer its followers' lease clients.
+    pub fn set_leader_leases(&self, leases: Weak<dyn LeaderLeases>) {
+        let _ = self.leases.set(leases);
+    }
+
+    fn leader_leases(&self) -> EtcdResult<Arc<dyn LeaderLeases>> {
+        self.leases
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(EtcdError::Stopped)
+    }
+
     pub fn member_id(&self) -> u64 {
         self.settings.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.settings.cluster_id
     }
 
     pub fn election_timeout(&self) -> Duration {
         self.settings.election_timeout
     }
 
-    /// Replicates `request`, waits until it is applied here, and returns the applied result.
-    pub async fn propose(&self, request: &RaftRequest) -> EtcdResult<RaftResponse> {
-        let write = self.raft.client_write(Proposal::encode(request));
-        let response = match tokio::time::timeout(self.settings.request_timeout, write).await {
-            Err(_) => return Err(EtcdError::Timeout),
-            Ok(Err(e)) => return Err(write_error(e)),
-            Ok(Ok(response)) => response.data.0,
-        };
-        if response.error.is_empty() {
-            Ok(response)
-        } else {
-            Err(EtcdError::from_message(&response.error))
-        }
+    pub fn request_timeout(&self) -> Duration {
+        self.settings.request_timeout
     }
 
-    /// Waits until this member's state reflects every write acknowledged before the call.
-    pub async fn read_index(&self) -> EtcdResult<()> {
-        match tokio::time::timeout(self.settings.request_timeout, self.reads.wait()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(EtcdError::Timeout),
+    /// Resolves with a reason when the member must stop (it was removed from the cluster, or
+    /// its peers belong to another cluster).
+    pub fn fatal_receiver(&self) -> watch::Receiver<Option<String>> {
+        self.cluster.fatal_receiver()
+    }
+
+    /// The peer listener's routes: the peer protocol and etcd's peer HTTP endpoints.
+    pub fn peer_router(self: &Arc<Self>) -> axum::Router {
+        peer::server::router(self.clone())
+    }
+
+    /// How long a leader's claim lasts without hearing from a quorum, and a follower's trust
+    /// in a leader it has not heard from (openraft's leader lease is the maximum election
+    /// timeout).
+    fn leader_lease(&self) -> Duration {
+        2 * self.settings.election_timeout.max(Duration::from_millis(1))
+    }
+
+    /// The leader this member is in contact with: itself while a quorum acknowledges it, or
+    /// the leader that replicated to it within a leader lease. A partitioned leader or follower
+    /// thus reports no leader, as etcd's do (check-quorum; pre-candidates drop their leader).
+    fn effective_leader(&self, m: &openraft::RaftMetrics<TypeConfig>) -> Option<u64> {
+        let me = self.settings.member_id;
+        let leader = m.current_leader?;
+        if leader == me {
+            if m.state != ServerState::Leader {
+                return None;
+            }
+            #[allow(deprecated)]
+            let self_quorum = m.millis_since_quorum_ack == Some(0);
+            let acked_recently = m
+                .last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.elapsed() < self.leader_lease());
+            return (self_quorum || acked_recently).then_some(me);
+        }
+        match self.cluster.leader_contact() {
+            Some((contact_leader, at))
+                if contact_leader == leader && at.elapsed() < self.leader_lease() =>
+            {
+                Some(leader)
+            }
+            _ => None,
         }
     }
 
@@ -181,18 +291,23 @@ impl RaftNode {
         // (membership maps included) showed up in profiles of watch fan-out.
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
+        let leader = self.effective_leader(&m);
+        if leader.is_some() {
+            self.cluster.note_leader();
+        }
         RaftStatus {
-            leader: m.current_leader,
+            leader,
             term: m.current_term,
-            commit_index: m.cluster_committed.as_ref().map_or(0, |id| id.index),
+            commit_index: m.local_committed.as_ref().map_or(0, |id| id.index),
             applied_index: m.last_applied.as_ref().map_or(0, |id| id.index),
-            is_leader: m.current_leader == Some(self.settings.member_id),
+            is_leader: leader == Some(self.settings.member_id),
         }
     }
 
     pub fn members(&self) -> Vec<ClusterMember> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
         membership
             .nodes()
@@ -204,21 +319,363 @@ impl RaftNode {
             .collect()
     }
 
-    /// Waits (bounded) until some member leads.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
-        let mut metrics = self.raft.metrics();
-        let waited = tokio::time::timeout(timeout, async {
-            loop {
-                if metrics.borrow_watched().current_leader.is_some() {
-                    return;
+    pub fn is_learner(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let me = self.settings.member_id;
+        membership.get_node(&me).is_some() && !membership.voter_ids().any(|id| id == me)
+    }
+
+    fn node_of(&self, id: u64) -> Option<MemberNode> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The leader to send a request to: this member (`None`) or another one with its peer URLs.
+    /// Waits for a leader until `deadline`.
+    async fn leader_until(&self, deadline: Instant) -> EtcdResult<Option<(u64, Vec<String>)>> {
+        loop {
+            let status = self.status();
+            match status.leader {
+                Some(leader) if leader == self.settings.member_id => return Ok(None),
+                Some(leader) => {
+                    if let Some(node) = self.node_of(leader) {
+                        return Ok(Some((leader, node.peer_urls)));
+                    }
                 }
-                if metrics.changed().await.is_err() {
-                    return;
+                None => {}
+            }
+            if Instant::now() + LEADER_POLL >= deadline {
+                return Err(EtcdError::Timeout);
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        }
+    }
+
+    fn remaining(deadline: Instant) -> Duration {
+        deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Replicates `request`, waits until it is applied here, and returns the applied result.
+    /// A follower hands the request to the leader and answers once it applied it itself, so
+    /// that a client reading from this member next sees its own write.
+    pub async fn propose(&self, request: &RaftRequest) -> EtcdResult<RaftResponse> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let response = loop {
+            match self.leader_until(deadline).await? {
+                None => match self.propose_here(request, deadline).await {
+                    Err(ProposeOutcome::NotLeader) => {
+                        tokio::time::sleep(LEADER_POLL).await;
+                        continue;
+                    }
+                    Err(ProposeOutcome::Failed(e)) => return Err(e),
+                    Ok(response) => break response,
+                },
+                Some((leader, urls)) => {
+                    let forwarded = self
+                        .peers
+                        .propose(leader, &urls, request, Self::remaining(deadline))
+                        .await;
+                    match forwarded {
+                        Ok(answer) => {
+                            self.wait_applied(answer.applied_index, deadline).await?;
+                            break answer.response.unwrap_or_default();
+                        }
+                        Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Failed(EtcdError::NotLeader))
+                        | Err(PeerCallError::Failed(EtcdError::NoLeader)) => {
+                            // Not proposed anywhere: try the next leader.
+                            if Instant::now() + LEADER_POLL >= deadline {
+                                return Err(EtcdError::Timeout);
+                            }
+                            tokio::time::sleep(LEADER_POLL).await;
+                            continue;
+                        }
+                        Err(PeerCallError::Failed(e)) => return Err(e),
+                    }
                 }
             }
-        })
+        };
+        if response.error.is_empty() {
+            Ok(response)
+        } else {
+            Err(EtcdError::from_message(&response.error))
+        }
+    }
+
+    /// Proposes on this member, the leader.
+    async fn propose_here(
+        &self,
+        request: &RaftRequest,
+        deadline: Instant,
+    ) -> Result<RaftResponse, ProposeOutcome> {
+        let write = self.raft.client_write(Proposal::encode(request));
+        match tokio::time::timeout(Self::remaining(deadline), write).await {
+            Err(_) => Err(ProposeOutcome::Failed(EtcdError::Timeout)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(ProposeOutcome::NotLeader)
+            }
+            Ok(Err(e)) => Err(ProposeOutcome::Failed(write_error(e))),
+            Ok(Ok(response)) => Ok(response.data.0),
+        }
+    }
+
+    /// The leader's side of a forwarded proposal: the result and the index it was applied at.
+    async fn propose_for_follower(&self, request: &RaftRequest) -> EtcdResult<(RaftResponse, u64)> {
+        if !self.status().is_leader {
+            return Err(EtcdError::NotLeader);
+        }
+        let write = self.raft.client_write(Proposal::encode(request));
+        match tokio::time::timeout(self.settings.request_timeout, write).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(EtcdError::NotLeader)
+            }
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(response)) => Ok((response.data.0, response.log_id.index)),
+        }
+    }
+
+    /// Waits until this member applied the entry at `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> EtcdResult<()> {
+        let mut applied = self.cluster.applied_receiver();
+        let waited = tokio::time::timeout(
+            Self::remaining(deadline),
+            applied.wait_for(|applied| *applied >= index),
+        )
         .await;
-        waited.is_ok() && self.status().leader.is_some()
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Waits until this member's state reflects every write acknowledged before the call.
+    pub async fn read_index(self: &Arc<Self>) -> EtcdResult<()> {
+        let node = self.clone();
+        match tokio::time::timeout(
+            self.settings.request_timeout,
+            self.reads.wait(move || {
+                let node = node.clone();
+                async move { node.read_index_round().await }
+            }),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// One ReadIndex round: the leader confirms it still leads and names the commit index; the
+    /// member then waits until it applied that far.
+    async fn read_index_round(&self) -> EtcdResult<()> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        loop {
+            let index = match self.leader_until(deadline).await? {
+                None => match self.read_index_here().await {
+                    Err(EtcdError::NotLeader) => {
+                        tokio::time::sleep(LEADER_POLL).await;
+                        continue;
+                    }
+                    other => other?,
+                },
+                Some((leader, urls)) => {
+                    match self
+                        .peers
+                        .read_index(leader, &urls, Self::remaining(deadline))
+                        .await
+                    {
+                        Ok(index) => index,
+                        Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
+                            tokio::time::sleep(LEADER_POLL).await;
+                            continue;
+                        }
+                        Err(PeerCallError::Failed(e)) => return Err(e),
+                    }
+                }
+            };
+            return self.wait_applied(index, deadline).await;
+        }
+    }
+
+    /// The leader's read point: confirmed by a quorum before it is returned.
+    async fn read_index_here(&self) -> EtcdResult<u64> {
+        match self
+            .raft
+            .get_read_linearizer(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(e) => Err(read_error(e)),
+        }
+    }
+
+    /// Renews a lease on the leader, from whichever member the client talks to.
+    pub async fn lease_keep_alive_on_leader(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        loop {
+            match self.leader_until(deadline).await? {
+                None => match self.leader_leases()?.keep_alive(id).await {
+                    Err(EtcdError::NotLeader) => tokio::time::sleep(LEADER_POLL).await,
+                    other => return other,
+                },
+                Some((leader, urls)) => {
+                    match self
+                        .peers
+                        .lease_keep_alive(leader, &urls, id, Self::remaining(deadline))
+                        .await
+                    {
+                        Ok(answer) => return Ok(answer),
+                        Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
+                            tokio::time::sleep(LEADER_POLL).await
+                        }
+                        Err(PeerCallError::Failed(e)) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A lease's remaining TTL as the leader (which alone tracks expiry) sees it.
+    pub async fn lease_time_to_live_on_leader(
+        &self,
+        req: LeaseTimeToLiveRequest,
+    ) -> EtcdResult<LeaseTimeToLiveResponse> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        loop {
+            match self.leader_until(deadline).await? {
+                None => match self.leader_leases()?.time_to_live(req).await {
+                    Err(EtcdError::NotLeader) => tokio::time::sleep(LEADER_POLL).await,
+                    other => return other,
+                },
+                Some((leader, urls)) => {
+                    match self
+                        .peers
+                        .lease_time_to_live(leader, &urls, req, Self::remaining(deadline))
+                        .await
+                    {
+                        Ok(answer) => return Ok(answer),
+                        Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
+                            tokio::time::sleep(LEADER_POLL).await
+                        }
+                        Err(PeerCallError::Failed(e)) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Changes the membership through the leader and waits until this member applied it.
+    pub async fn change_members(&self, change: MembershipChange) -> EtcdResult<()> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        loop {
+            let index = match self.leader_until(deadline).await? {
+                None => match self.change_members_here(change.clone()).await {
+                    Err(EtcdError::NotLeader) => {
+                        tokio::time::sleep(LEADER_POLL).await;
+                        continue;
+                    }
+                    other => other?,
+                },
+                Some((leader, urls)) => {
+                    match self
+                        .peers
+                        .change_members(leader, &urls, change.clone(), Self::remaining(deadline))
+                        .await
+                    {
+                        Ok(answer) => answer.applied_index,
+                        Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
+                            tokio::time::sleep(LEADER_POLL).await;
+                            continue;
+                        }
+                        Err(PeerCallError::Failed(e)) => return Err(e),
+                    }
+                }
+            };
+            return self.wait_applied(index, deadline).await;
+        }
+    }
+
+    /// Moves the leadership to `target` (this member must lead) and waits until it leads.
+    pub async fn move_leader(&self, target: u64) -> EtcdResult<()> {
+        if !self.status().is_leader {
+            return Err(EtcdError::NotLeader);
+        }
+        let is_voter = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let found = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == target);
+            found
+        };
+        if !is_voter {
+            return Err(EtcdError::BadLeaderTransferee);
+        }
+        if target == self.settings.member_id {
+            return Ok(());
+        }
+        tracing::info!(
+            transferee = %format!("{target:x}"),
+            "leadership transfer starting"
+        );
+        let started = Instant::now();
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+        let waited = self
+            .raft
+            .wait(Some(self.settings.request_timeout))
+            .current_leader(target, "leadership moved")
+            .await;
+        match waited {
+            Ok(_) => {
+                tracing::info!(
+                    new_leader = %format!("{target:x}"),
+                    took = ?started.elapsed(),
+                    "leadership transfer finished"
+                );
+                Ok(())
+            }
+            Err(_) => Err(EtcdError::LeaderTransferTimeout),
+        }
+    }
+
+    /// Waits (bounded) until this member is in contact with a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.leader_until(deadline).await.is_ok()
+    }
+
+    /// Asks every URL in `urls` (another member's peer URLs) what cluster it belongs to.
+    pub async fn ask_cluster(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<crate::proto::peerpb::ClusterInfo, String> {
+        self.peers.get_cluster(url, timeout).await
+    }
+
+    /// Stops the member with `reason`.
+    pub fn fail(&self, reason: String) {
+        tracing::error!("{reason}");
+        self.cluster.fail(reason);
+    }
+
+    pub fn ever_had_leader(&self) -> bool {
+        self.cluster.ever_had_leader()
     }
 
     pub async fn shutdown(&self) {
@@ -228,16 +685,65 @@ impl RaftNode {
     }
 }
 
+enum ProposeOutcome {
+    NotLeader,
+    Failed(EtcdError),
+}
+
+fn peer_pool(
+    settings: &RaftSettings,
+    cluster: &Arc<ClusterState>,
+    faults: Arc<PeerFaults>,
+) -> PeerPool {
+    let on_removed = {
+        let cluster = Arc::downgrade(cluster);
+        Box::new(move || {
+            if let Some(cluster) = cluster.upgrade() {
+                tracing::warn!("{}", peer::client::REMOVED_MESSAGE);
+                cluster.fail(peer::client::REMOVED_MESSAGE.to_string());
+            }
+        }) as Box<dyn Fn() + Send + Sync>
+    };
+    let on_mismatch = {
+        let cluster = Arc::downgrade(cluster);
+        let local = settings.cluster_id;
+        Box::new(move |peer: u64, message: String| {
+            if let Some(cluster) = cluster.upgrade() {
+                tracing::error!(
+                    "request sent was ignored (cluster ID mismatch: peer[{peer:x}]={}, local={local:x})",
+                    message
+                        .strip_prefix(CLUSTER_MISMATCH_MESSAGE)
+                        .unwrap_or(&message)
+                        .trim_start_matches([':', ' '])
+                );
+                let _ = cluster;
+            }
+        }) as Box<dyn Fn(u64, String) + Send + Sync>
+    };
+    PeerPool::new(
+        settings.member_id,
+        settings.cluster_id,
+        settings.peer_tls.clone(),
+        faults,
+        on_removed,
+        on_mismatch,
+    )
+}
+
 fn raft_config(settings: &RaftSettings) -> Result<Config, RaftStartError> {
     let heartbeat = settings.heartbeat_interval.as_millis() as u64;
     let election = settings.election_timeout.as_millis() as u64;
     Config {
         cluster_name: "keelson".into(),
         heartbeat_interval: heartbeat.max(1),
+        // Randomised between one and two election timeouts, as etcd's raft does.
         election_timeout_min: election.max(heartbeat + 1),
         election_timeout_max: election.max(heartbeat + 1) * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
         max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
+        // A follower further behind than the entries kept gets a snapshot.
+        replication_lag_threshold: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT
+            .max(settings.snapshot_count.max(1)),
         enable_pre_vote: Some(true),
         ..Default::default()
     }
@@ -255,6 +761,17 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> EtcdEr
             tracing::warn!(error = %other, "proposal failed");
             EtcdError::LeaderChanged
         }
+        RaftError::Fatal(_) => EtcdError::Stopped,
+    }
+}
+
+fn read_error(
+    e: openraft::error::RaftError<TypeConfig, openraft::error::LinearizableReadError<TypeConfig>>,
+) -> EtcdError {
+    use openraft::error::LinearizableReadError;
+    match e {
+        RaftError::APIError(LinearizableReadError::ForwardToLeader(_)) => EtcdError::NotLeader,
+        RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => EtcdError::Timeout,
         RaftError::Fatal(_) => EtcdError::Stopped,
     }
 }

@@ -1,12 +1,11 @@
 //! Linearizable reads, batched: one ReadIndex round serves every read that arrived before it
 //! started, as etcd's read loop does, so concurrent readers do not each pay a round.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use openraft::ReadPolicy;
 use tokio::sync::oneshot;
 
-use super::{Raft, TypeConfig};
 use crate::error::{EtcdError, EtcdResult};
 
 type Waiter = oneshot::Sender<EtcdResult<()>>;
@@ -17,23 +16,25 @@ struct Pending {
     round_running: bool,
 }
 
+#[derive(Default)]
 pub struct ReadIndexBatcher {
-    raft: Raft,
     pending: Arc<Mutex<Pending>>,
 }
 
 impl ReadIndexBatcher {
-    pub fn new(raft: Raft) -> Self {
-        Self {
-            raft,
-            pending: Arc::new(Mutex::new(Pending::default())),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Resolves once the local state machine has applied everything committed before the call.
-    pub async fn wait(&self) -> EtcdResult<()> {
+    /// Resolves once a round that started after the call completed; `round` runs one round
+    /// (confirm the read point with the leader, then wait for the local state to reach it).
+    pub async fn wait<F, Fut>(&self, round: F) -> EtcdResult<()>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = EtcdResult<()>> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        let start_round = {
+        let start_rounds = {
             let mut pending = self
                 .pending
                 .lock()
@@ -41,14 +42,18 @@ impl ReadIndexBatcher {
             pending.waiters.push(tx);
             !std::mem::replace(&mut pending.round_running, true)
         };
-        if start_round {
-            tokio::spawn(run_rounds(self.raft.clone(), self.pending.clone()));
+        if start_rounds {
+            tokio::spawn(run_rounds(round, self.pending.clone()));
         }
         rx.await.unwrap_or(Err(EtcdError::Stopped))
     }
 }
 
-async fn run_rounds(raft: Raft, pending: Arc<Mutex<Pending>>) {
+async fn run_rounds<F, Fut>(round: F, pending: Arc<Mutex<Pending>>)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = EtcdResult<()>>,
+{
     loop {
         let waiters = match pending.lock() {
             Ok(mut p) if p.waiters.is_empty() => {
@@ -58,27 +63,43 @@ async fn run_rounds(raft: Raft, pending: Arc<Mutex<Pending>>) {
             Ok(mut p) => std::mem::take(&mut p.waiters),
             Err(_) => return,
         };
-        let outcome = raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-            .map(|_| ())
-            .map_err(read_error);
+        let outcome = round().await;
         for waiter in waiters {
             let _ = waiter.send(outcome.clone());
         }
     }
 }
 
-fn read_error(
-    e: openraft::error::RaftError<TypeConfig, openraft::error::LinearizableReadError<TypeConfig>>,
-) -> EtcdError {
-    use openraft::error::{LinearizableReadError, RaftError};
-    match e {
-        RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => match f.leader_id {
-            Some(_) => EtcdError::NotLeader,
-            None => EtcdError::NoLeader,
-        },
-        RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)) => EtcdError::Timeout,
-        RaftError::Fatal(_) => EtcdError::Stopped,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_readers_share_rounds() {
+        let batcher = Arc::new(ReadIndexBatcher::new());
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let mut readers = Vec::new();
+        for _ in 0..50 {
+            let batcher = batcher.clone();
+            let rounds = rounds.clone();
+            readers.push(tokio::spawn(async move {
+                batcher
+                    .wait(move || {
+                        let rounds = rounds.clone();
+                        async move {
+                            rounds.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok(())
+                        }
+                    })
+                    .await
+            }));
+        }
+        for reader in readers {
+            reader.await.expect("reader task").expect("read point");
+        }
+        let rounds = rounds.load(Ordering::SeqCst);
+        assert!((1..50).contains(&rounds), "{rounds} rounds for 50 readers");
     }
 }

@@ -1,5 +1,6 @@
 //! openraft's state machine: the applier over the MVCC store, plus snapshots.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex};
 
@@ -8,14 +9,19 @@ use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
 use rocksdb::WriteBatch;
 
+use super::cluster_state::ClusterState;
+use super::peer::client::REMOVED_MESSAGE;
 use super::snapshot::{copy_state_machine, SnapshotData, SnapshotStore};
 use super::types::{Applied, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use super::RaftSnapshot;
-use crate::member::applier::Applier;
+use super::{RaftSnapshot, StateMachineApplier};
 use crate::storage::{Storage, StorageError, CF_META, CF_RAFT};
 
 const META_APPLIED: &[u8] = b"raft/applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
+/// How long a member that applied its own removal keeps answering (etcd waits 1 s).
+const REMOVED_STOP_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// IDs of members removed from the cluster (JSON list); they are never reused.
+const META_REMOVED: &[u8] = b"raft/removed_members";
 /// Set while a snapshot is being copied in; a restart finishes the copy.
 const KEY_INSTALLING: &[u8] = b"installing_snapshot";
 /// Entries applied per blocking task: enough to amortise the hand-off, small enough to stream.
@@ -32,14 +38,19 @@ struct AppliedState {
 
 #[derive(Clone)]
 pub struct StateMachine {
-    applier: Arc<Applier>,
+    applier: Arc<dyn StateMachineApplier>,
     snapshots: Arc<SnapshotStore>,
     applied: Arc<Mutex<AppliedState>>,
+    cluster: Arc<ClusterState>,
 }
 
 impl StateMachine {
-    pub fn open(applier: Arc<Applier>, snapshots: SnapshotStore) -> io::Result<Self> {
-        let storage = applier.store().storage().clone();
+    pub fn open(
+        applier: Arc<dyn StateMachineApplier>,
+        snapshots: SnapshotStore,
+        cluster: Arc<ClusterState>,
+    ) -> io::Result<Self> {
+        let storage = applier.storage().clone();
         let snapshots = Arc::new(snapshots);
         if storage
             .db()
@@ -53,15 +64,18 @@ impl StateMachine {
             }
         }
         let applied = read_applied_state(&storage)?;
+        cluster.set_removed(read_removed(&storage)?);
+        cluster.set_applied(applied.last_applied.map_or(0, |id| id.index));
         Ok(Self {
             applier,
             snapshots,
             applied: Arc::new(Mutex::new(applied)),
+            cluster,
         })
     }
 
     fn storage(&self) -> &Arc<Storage> {
-        self.applier.store().storage()
+        self.applier.storage()
     }
 
     fn applied_state_now(&self) -> AppliedState {
@@ -91,11 +105,20 @@ impl StateMachine {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(io::Error::other)?;
+        let removal = membership.as_ref().and_then(|m| self.removal_by(m));
+        let removed_json = removal
+            .as_ref()
+            .map(|(all, _)| serde_json::to_vec(all))
+            .transpose()
+            .map_err(io::Error::other)?;
         let meta_cf = self.storage().cf(CF_META);
         let record = |batch: &mut WriteBatch| {
             batch.put_cf(meta_cf, META_APPLIED, &applied_json);
             if let Some(m) = &membership_json {
                 batch.put_cf(meta_cf, META_MEMBERSHIP, m);
+            }
+            if let Some(r) = &removed_json {
+                batch.put_cf(meta_cf, META_REMOVED, r);
             }
         };
         let request = match &entry.payload {
@@ -114,7 +137,43 @@ impl StateMachine {
                 current.membership = m;
             }
         }
+        self.cluster.set_applied(log_id.index);
+        if let Some((all, removes_me)) = removal {
+            self.cluster.set_removed(all);
+            if removes_me {
+                tracing::warn!("{REMOVED_MESSAGE}");
+                self.cluster
+                    .fail_after(REMOVED_STOP_DELAY, REMOVED_MESSAGE.to_string());
+            }
+        }
         Ok(Applied(response))
+    }
+
+    /// Members that `next` drops from the current membership: every removed ID so far, and
+    /// whether this member is among the new ones. `None` when nobody is removed.
+    fn removal_by(&self, next: &StoredMembership) -> Option<(BTreeSet<u64>, bool)> {
+        let current = self.applied_state_now().membership;
+        let before: BTreeSet<u64> = current.membership().nodes().map(|(id, _)| *id).collect();
+        let after: BTreeSet<u64> = next.membership().nodes().map(|(id, _)| *id).collect();
+        let gone: BTreeSet<u64> = before.difference(&after).copied().collect();
+        if gone.is_empty() {
+            return None;
+        }
+        let removes_me = gone.contains(&self.cluster.member_id);
+        let mut all = self.cluster.removed();
+        all.extend(gone);
+        Some((all, removes_me))
+    }
+}
+
+fn read_removed(storage: &Storage) -> io::Result<BTreeSet<u64>> {
+    match storage
+        .db()
+        .get_cf(storage.cf(CF_META), META_REMOVED)
+        .map_err(StorageError::from)?
+    {
+        Some(raw) => serde_json::from_slice(&raw).map_err(io::Error::other),
+        None => Ok(BTreeSet::new()),
     }
 }
 
@@ -233,13 +292,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             storage.write_durable(batch)?;
             finish_install(storage, &saved)?;
             sm.applier.reload()?;
+            sm.cluster.set_removed(read_removed(storage)?);
             let state = read_applied_state(storage)?;
+            let last_applied = meta.last_log_id.or(state.last_applied);
             if let Ok(mut current) = sm.applied.lock() {
                 *current = AppliedState {
-                    last_applied: meta.last_log_id.or(state.last_applied),
+                    last_applied,
                     membership: meta.last_membership.clone(),
                 };
             }
+            sm.cluster
+                .set_applied(last_applied.map_or(0, |id| id.index));
             Ok(())
         })
         .await

@@ -7,7 +7,9 @@ use openraft::type_config::TypeConfigExt;
 use openraft::StorageError;
 use tempfile::TempDir;
 
+use super::cluster_state::ClusterState;
 use super::log_store::LogStore;
+use super::peer::faults::PeerFaults;
 use super::snapshot::SnapshotStore;
 use super::state_machine::StateMachine;
 use super::types::TypeConfig;
@@ -31,7 +33,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         let lessor = Arc::new(Lessor::load(storage.clone(), 2).map_err(storage_error)?);
         let applier = Arc::new(Applier::new(store, lessor).map_err(storage_error)?);
         let snapshots = SnapshotStore::new(dir.path().join("snap")).map_err(storage_error)?;
-        let state_machine = StateMachine::open(applier, snapshots).map_err(storage_error)?;
+        let cluster = Arc::new(ClusterState::new(1, 1, Arc::new(PeerFaults::default())));
+        let state_machine =
+            StateMachine::open(applier, snapshots, cluster).map_err(storage_error)?;
         Ok((dir, LogStore::new(storage, syncer), state_machine))
     }
 }

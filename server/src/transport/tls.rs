@@ -24,6 +24,10 @@ pub struct TlsSettings {
     pub cipher_suites: Vec<String>,
     pub min_version: Option<String>,
     pub max_version: Option<String>,
+    /// etcd's --peer-cert-allowed-cn: a client certificate must have this common name.
+    pub allowed_cn: Option<String>,
+    /// etcd's --peer-cert-allowed-hostname: a client certificate must be valid for this name.
+    pub allowed_hostname: Option<String>,
 }
 
 impl TlsSettings {
@@ -216,7 +220,15 @@ pub fn server_config(
         let verifier = verifier
             .build()
             .map_err(|e| TlsError::Invalid(format!("client certificate verification: {e}")))?;
-        builder.with_client_cert_verifier(verifier)
+        if settings.allowed_cn.is_some() || settings.allowed_hostname.is_some() {
+            builder.with_client_cert_verifier(Arc::new(AllowedIdentity {
+                inner: verifier,
+                cn: settings.allowed_cn.clone(),
+                hostname: settings.allowed_hostname.clone(),
+            }))
+        } else {
+            builder.with_client_cert_verifier(verifier)
+        }
     } else {
         builder.with_no_client_auth()
     };
@@ -225,6 +237,217 @@ pub fn server_config(
         .map_err(|e| TlsError::Invalid(format!("certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// etcd's allowed CN / hostname of peer client certificates, checked after the CA check.
+#[derive(Debug)]
+struct AllowedIdentity {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    cn: Option<String>,
+    hostname: Option<String>,
+}
+
+/// Whether `pattern` (a SAN DNS name, possibly `*.example.com`) covers `name`.
+fn dns_name_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.to_ascii_lowercase(), name.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+        None => pattern == name,
+    }
+}
+
+/// The subject common names and SAN names (DNS and IP) of a DER certificate.
+fn certificate_names(der: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cns = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => sans.push(dns.to_string()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => sans
+                        .push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).ok()?).to_string()),
+                    16 => sans.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).ok()?).to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Some((cns, sans))
+}
+
+impl rustls::server::danger::ClientCertVerifier for AllowedIdentity {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let refused = |why: &str| rustls::Error::General(why.to_string());
+        let (cns, sans) = certificate_names(end_entity)
+            .ok_or_else(|| refused("unreadable client certificate"))?;
+        if let Some(cn) = &self.cn {
+            if !cns.iter().any(|c| c == cn) {
+                tracing::warn!(allowed = %cn, got = ?cns, "rejected peer certificate: CommonName authentication failed");
+                return Err(refused("CommonName authentication failed"));
+            }
+        }
+        if let Some(host) = &self.hostname {
+            if !sans.iter().any(|san| dns_name_matches(san, host)) {
+                tracing::warn!(allowed = %host, got = ?sans, "rejected peer certificate: hostname authentication failed");
+                return Err(refused("hostname authentication failed"));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+}
+
+/// Where Debian keeps the system's trusted CAs, used when no --peer-trusted-ca-file is given
+/// (etcd uses the system pool then).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The client side of TLS between members: the peer certificate as the client identity, the
+/// peer CA to verify the other member, or (with --peer-auto-tls and no CA) no verification, as
+/// etcd's self-signed peer certificates cannot be verified either.
+pub fn peer_client_config(
+    settings: &TlsSettings,
+    auto_dir: &Path,
+    hosts: &[String],
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(crypto_provider(settings)?);
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions(settings)?)
+        .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?;
+    let builder = match &settings.trusted_ca_file {
+        Some(ca) => builder.with_root_certificates(roots_from(ca)?),
+        None if settings.auto_tls => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServer { provider })),
+        None => builder.with_root_certificates(roots_from(Path::new(SYSTEM_CA_BUNDLE))?),
+    };
+    let identity = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ if settings.auto_tls => Some(self_signed(auto_dir, hosts)?),
+        _ => None,
+    };
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(&cert)?, load_key(&key)?)
+            .map_err(|e| TlsError::Invalid(format!("peer certificate and key: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| read_error(path, e))?;
+    }
+    Ok(roots)
+}
+
+/// etcd's --peer-auto-tls: members present self-signed certificates that nobody can verify;
+/// the handshake still checks that the peer holds the key of the certificate it shows.
+#[derive(Debug)]
+struct AcceptAnyServer {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +469,22 @@ mod tests {
             fs::read(dir.path().join("cert.pem")).expect("cert kept"),
             first
         );
+    }
+
+    #[test]
+    fn allowed_names_match_as_go_does() {
+        assert!(dns_name_matches("member-1.etcd", "member-1.etcd"));
+        assert!(dns_name_matches("*.etcd.svc", "m1.etcd.svc"));
+        assert!(!dns_name_matches("*.etcd.svc", "a.m1.etcd.svc"));
+        assert!(!dns_name_matches("member-1.etcd", "member-2.etcd"));
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "peer.example".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("certificate");
+        let (_, sans) = certificate_names(cert.cert.der()).expect("readable");
+        assert!(sans.contains(&"peer.example".to_string()), "{sans:?}");
+        assert!(sans.contains(&"127.0.0.1".to_string()), "{sans:?}");
     }
 
     #[test]

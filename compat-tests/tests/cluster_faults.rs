@@ -1,0 +1,462 @@
+//! Clusters under faults: the leader killed under concurrent writes, a follower killed and
+//! restarted, a follower that falls behind a purged log (snapshot catch-up), a partitioned
+//! minority, quorum loss. Every acknowledged write must be on every member with its revision.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compat_tests::cluster::{with_fault_hook, Cluster};
+use compat_tests::kv::header_revision;
+use compat_tests::server::default_connect_options;
+use compat_tests::{ServerKind, ServerOptions};
+use etcd_client::{Client, GetOptions, WatchOptions};
+
+const WRITERS: usize = 8;
+const WAIT: Duration = Duration::from_secs(30);
+/// A bound on any single request in these tests (above etcd's 7 s request timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Writers that put distinct keys through every member until told to stop; returns every
+/// acknowledged (key, value, revision).
+struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, String, i64)>>>,
+}
+
+impl Writers {
+    async fn start(cluster: &Cluster, prefix: &str) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
+            let client = Client::connect(cluster.endpoints(), Some(options))
+                .await
+                .expect("connect writers");
+            let stop = stop.clone();
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut client = client;
+                let mut acked = Vec::new();
+                for n in 0..100_000usize {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("{prefix}{w}/{n}");
+                    let value = format!("v{w}-{n}");
+                    match client.put(key.clone(), value.clone(), None).await {
+                        Ok(r) => acked.push((key, value, header_revision(r.header()))),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+                acked
+            }));
+        }
+        Writers { stop, tasks }
+    }
+
+    async fn stop(self) -> Vec<(String, String, i64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in self.tasks {
+            let acked = tokio::time::timeout(2 * REQUEST_TIMEOUT, task)
+                .await
+                .expect("writers stop within two request timeouts")
+                .expect("writer task");
+            all.extend(acked);
+        }
+        all
+    }
+}
+
+async fn count_acked_since(acked_before: usize, writers_probe: &Cluster, prefix: &str) -> usize {
+    let mut client = writers_probe.client().await;
+    let all = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("count");
+    (all.count() as usize).saturating_sub(acked_before)
+}
+
+/// key -> (value, mod revision) of a range.
+type KeyValues = HashMap<Vec<u8>, (Vec<u8>, i64)>;
+
+/// Every acknowledged write is on member `i`, with its value and revision (serializable reads:
+/// the member's own state).
+async fn assert_all_present_on(cluster: &Cluster, i: usize, acked: &[(String, String, i64)]) {
+    let mut client = cluster.member_client(i).await;
+    let deadline = Instant::now() + WAIT;
+    let max_revision = acked.iter().map(|a| a.2).max().unwrap_or(0);
+    // Wait until the member applied up to the last acknowledged revision.
+    loop {
+        let r = client
+            .get("x", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable get");
+        if header_revision(r.header()) >= max_revision {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} did not catch up to revision {max_revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let prefix_of = |k: &str| k.split('/').next().unwrap_or("").to_string() + "/";
+    let mut by_prefix: HashMap<String, KeyValues> = HashMap::new();
+    for (key, _, _) in acked {
+        let prefix = prefix_of(key);
+        if by_prefix.contains_key(&prefix) {
+            continue;
+        }
+        let all = client
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_serializable()),
+            )
+            .await
+            .expect("range the test's keys");
+        by_prefix.insert(
+            prefix,
+            all.kvs()
+                .iter()
+                .map(|kv| (kv.key().to_vec(), (kv.value().to_vec(), kv.mod_revision())))
+                .collect(),
+        );
+    }
+    for (key, value, revision) in acked {
+        let found = by_prefix[&prefix_of(key)].get(key.as_bytes());
+        assert_eq!(
+            found,
+            Some(&(value.clone().into_bytes(), *revision)),
+            "member {i}: acknowledged write {key}={value}@{revision}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_writes_loses_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let writers = Writers::start(&cluster, "kl").await;
+    let baseline = count_acked_since(0, &cluster, "kl").await;
+    let deadline = Instant::now() + WAIT;
+    while count_acked_since(baseline, &cluster, "kl").await < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "writes do not proceed before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader_among(&[leader], WAIT).await;
+    let elected_after = killed_at.elapsed();
+    // Writes resume: a fresh write through the survivors succeeds.
+    let mut probe = cluster.client().await;
+    let first_write = loop {
+        match probe.put("kl-probe", "x", None).await {
+            Ok(_) => break killed_at.elapsed(),
+            Err(e) => {
+                assert!(
+                    killed_at.elapsed() < WAIT,
+                    "no write succeeded after the kill: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    eprintln!(
+        "leader killed: new leader after {elected_after:?}, first write after {first_write:?}"
+    );
+    assert_ne!(new_leader, leader);
+    let before_stop = count_acked_since(0, &cluster, "kl").await;
+    let deadline = Instant::now() + WAIT;
+    while count_acked_since(before_stop, &cluster, "kl").await < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "writes do not resume after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked = writers.stop().await;
+    assert!(
+        acked.len() > 300,
+        "too few acknowledged writes: {}",
+        acked.len()
+    );
+    let mut revisions: Vec<i64> = acked.iter().map(|a| a.2).collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        acked.len(),
+        "a revision acknowledged twice"
+    );
+    for i in (0..3).filter(|i| *i != leader) {
+        assert_all_present_on(&cluster, i, &acked).await;
+    }
+    // The old leader comes back and catches up with everything.
+    cluster.restart(leader).await;
+    assert_all_present_on(&cluster, leader, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_far_behind_a_purged_log_catches_up_by_snapshot() {
+    // A small snapshot count makes the leader purge its log quickly.
+    let base = ServerOptions::from_env().args(["--snapshot-count", "200"]);
+    let mut cluster = Cluster::start_with(base, 3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    cluster.kill(follower);
+    let mut client = cluster.member_client(leader).await;
+    let mut acked = Vec::new();
+    // Well past snapshot-count plus the 5000 entries kept after a snapshot.
+    let value = "x".repeat(64);
+    let puts: Vec<_> = (0..6000usize)
+        .map(|n| (format!("snap/{:05}", n % 2500), format!("{value}{n}")))
+        .collect();
+    for chunk in puts.chunks(100) {
+        let mut tasks = Vec::new();
+        for (key, value) in chunk.iter().cloned() {
+            let mut client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = client
+                    .put(key.clone(), value.clone(), None)
+                    .await
+                    .expect("put");
+                (key, value, header_revision(r.header()))
+            }));
+        }
+        for task in tasks {
+            acked.push(task.await.expect("put task"));
+        }
+    }
+    client
+        .compact(acked.iter().map(|a| a.2).max().unwrap_or(1), None)
+        .await
+        .expect("compact");
+    // Only the latest write of each key is still readable at its revision.
+    let mut latest: HashMap<String, (String, String, i64)> = HashMap::new();
+    for a in acked {
+        let entry = latest.entry(a.0.clone()).or_insert(a.clone());
+        if a.2 > entry.2 {
+            *entry = a;
+        }
+    }
+    let latest: Vec<_> = latest.into_values().collect();
+    if cluster.kind() == ServerKind::Keelson {
+        // The leader purges its log past what the follower has (a dead member does not hold
+        // the purge back).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let purged = cluster.members[leader]
+                .log_text()
+                .lines()
+                .filter_map(|l| l.split("compact_index=").nth(1))
+                .filter_map(|n| n.trim().parse::<u64>().ok())
+                .max()
+                .unwrap_or(0);
+            if purged > 100 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the leader did not purge its log while a follower was down (purged up to {purged})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    cluster.restart(follower).await;
+    assert_all_present_on(&cluster, follower, &latest).await;
+    if cluster.kind() == ServerKind::Keelson {
+        let log = cluster.members[follower].log_text();
+        assert!(
+            log.contains("received a snapshot"),
+            "the follower caught up without a snapshot; its log:\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_refuses_writes_and_linearizable_reads_then_converges() {
+    if ServerKind::from_env() != ServerKind::Keelson {
+        eprintln!("skipped: partitions use keelson's fault hook");
+        return;
+    }
+    let cluster = Cluster::start_with(with_fault_hook(ServerOptions::from_env()), 3).await;
+    let leader = cluster.leader().await;
+    // Cut the leader off: the majority elects another one and goes on.
+    cluster.partition(&[leader]).await;
+    let majority_leader = cluster.wait_for_leader_among(&[leader], WAIT).await;
+    assert_ne!(majority_leader, leader);
+    let mut majority = cluster.member_client(majority_leader).await;
+    let written = majority
+        .put("p/majority", "yes", None)
+        .await
+        .expect("majority write");
+    let revision = header_revision(written.header());
+
+    let mut minority = cluster.member_client(leader).await;
+    let started = Instant::now();
+    let refused = minority.put("p/minority", "no", None).await;
+    assert!(refused.is_err(), "the isolated member acknowledged a write");
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        message.contains("etcdserver: request timed out")
+            || message.contains("etcdserver: no leader")
+            || message.contains("etcdserver: leader changed"),
+        "etcd's error for a write without quorum: {message}"
+    );
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    let stale = minority.get("p/majority", None).await;
+    assert!(
+        stale.is_err(),
+        "the isolated member answered a linearizable read"
+    );
+    // Serializable reads on the isolated member still answer (with what it has).
+    let local = minority
+        .get("p/majority", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable read on the isolated member");
+    assert!(
+        local.kvs().is_empty(),
+        "the isolated member cannot have the majority's write"
+    );
+    // The isolated member reports no leader.
+    let status = cluster
+        .status_of(leader)
+        .await
+        .expect("status of the isolated member");
+    assert_eq!(
+        status.leader(),
+        0,
+        "the isolated member still believes in a leader"
+    );
+
+    cluster.heal().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let read = minority
+            .get("p/majority", Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable read");
+        if read
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.mod_revision() == revision)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the healed member did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        minority
+            .get("p/minority", None)
+            .await
+            .expect("read")
+            .kvs()
+            .is_empty(),
+        "the refused write appeared after the partition healed"
+    );
+    minority
+        .put("p/after", "ok", None)
+        .await
+        .expect("writes through the healed member");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_quorum_requests_fail_with_etcds_errors_and_resume_after() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let survivor = (0..3).find(|i| *i != leader).expect("a survivor");
+    let mut client = cluster.member_client(survivor).await;
+    client
+        .put("q/before", "1", None)
+        .await
+        .expect("write with quorum");
+    let mut watcher = cluster.member_client(survivor).await;
+    let mut plain_watch =
+        compat_tests::watch::open_watch(&mut watcher, "q/", WatchOptions::new().with_prefix())
+            .await;
+    compat_tests::watch::expect_created(&mut plain_watch, "plain watch").await;
+    for i in 0..3 {
+        if i != survivor {
+            cluster.kill(i);
+        }
+    }
+    let started = Instant::now();
+    let refused = client.put("q/none", "x", None).await;
+    let message = refused.expect_err("a write without quorum").to_string();
+    assert!(
+        message.contains("etcdserver: request timed out")
+            || message.contains("etcdserver: no leader"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "took {:?}",
+        started.elapsed()
+    );
+    let stale = client.get("q/before", None).await;
+    assert!(
+        stale.is_err(),
+        "a linearizable read answered without quorum"
+    );
+    let local = client
+        .get("q/before", Some(GetOptions::new().with_serializable()))
+        .await
+        .expect("serializable reads keep answering");
+    assert_eq!(local.kvs().len(), 1);
+    let status = cluster.status_of(survivor).await.expect("status");
+    assert_eq!(
+        status.leader(),
+        0,
+        "a member without quorum reports no leader"
+    );
+
+    // Quorum returns: everything resumes without restarting the survivor.
+    for i in 0..3 {
+        if i != survivor {
+            cluster.members[i].respawn();
+        }
+    }
+    for i in 0..3 {
+        if i != survivor {
+            cluster.members[i].wait_ready().await;
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.put("q/after", "2", None).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes did not resume: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let event =
+        compat_tests::watch::next_message_within(&mut plain_watch, WAIT, "watch after quorum")
+            .await;
+    assert!(
+        event
+            .events()
+            .iter()
+            .any(|e| e.kv().is_some_and(|kv| kv.key() == b"q/after")),
+        "the watch on the survivor sees writes again"
+    );
+}

@@ -1,0 +1,612 @@
+//! The client side of the peer protocol: one lazily connected HTTP/2 channel per member (tonic
+//! reconnects it, openraft backs off from an unreachable member), the openraft network that
+//! replicates over it, and the calls a follower makes to the leader for its clients.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
+use prost::Message;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::faults::PeerFaults;
+use super::snapshot_transfer;
+use super::wire;
+use crate::error::EtcdError;
+use crate::metrics::METRICS;
+use crate::proto::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::proto::peerpb::peer_client::PeerClient;
+use crate::proto::peerpb::{
+    ClusterInfo, GetClusterRequest, MembershipChange, MembershipChangeResponse, ProposeResponse,
+    RaftMessage, ReadIndexRequest,
+};
+use crate::proto::raftpb::RaftRequest;
+use crate::raft::types::{MemberNode, NodeId, TypeConfig, Vote};
+use crate::raft::RaftSnapshot;
+
+/// Metadata every peer request carries, as etcd's X-Etcd-Cluster-ID and X-Server-From headers.
+pub const CLUSTER_ID_HEADER: &str = "x-etcd-cluster-id";
+pub const FROM_HEADER: &str = "x-etcd-from";
+/// The answer to a member that was removed from the cluster, with etcd's wording.
+pub const REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+/// The answer to a member of another cluster.
+pub const CLUSTER_MISMATCH_MESSAGE: &str = "cluster ID mismatch";
+
+/// An AppendEntries carries at most this many bytes of entries (and at least one entry); the
+/// rest follows in the next request, as etcd caps a raft message at 1 MiB.
+const APPEND_BYTES_BUDGET: usize = 8 << 20;
+/// The largest peer message a member accepts: one entry may be a whole client request.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 keep-alive between members, so that a dead peer is noticed without a request.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What went wrong talking to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerCallError {
+    /// Nothing reached the peer (no connection, or the link is cut): safe to retry elsewhere.
+    #[error("peer {0:x} is unreachable")]
+    NotSent(u64),
+    /// The peer answered with an error or the call broke after it was sent.
+    #[error(transparent)]
+    Failed(#[from] EtcdError),
+}
+
+/// Where this member's peer calls come from and how they are secured.
+pub struct PeerPool {
+    local_id: u64,
+    cluster_id: u64,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    channels: Mutex<HashMap<u64, (Vec<String>, Channel)>>,
+    /// Since when each member has answered raft's calls without a failure (etcd's
+    /// transport "active since"); absent while it fails.
+    active_since: Mutex<HashMap<u64, Instant>>,
+    faults: Arc<PeerFaults>,
+    /// Set when a peer says this member was removed: the member must stop.
+    on_removed: Box<dyn Fn() + Send + Sync>,
+    /// Set when a peer says this member belongs to another cluster.
+    on_cluster_mismatch: Box<dyn Fn(u64, String) + Send + Sync>,
+}
+
+impl PeerPool {
+    pub fn new(
+        local_id: u64,
+        cluster_id: u64,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        faults: Arc<PeerFaults>,
+        on_removed: Box<dyn Fn() + Send + Sync>,
+        on_cluster_mismatch: Box<dyn Fn(u64, String) + Send + Sync>,
+    ) -> Self {
+        Self {
+            local_id,
+            cluster_id,
+            tls,
+            channels: Mutex::new(HashMap::new()),
+            active_since: Mutex::new(HashMap::new()),
+            faults,
+            on_removed,
+            on_cluster_mismatch,
+        }
+    }
+
+    /// A channel to `member` at `urls`, made on first use and kept while its URLs stay the same.
+    fn channel(&self, member: u64, urls: &[String]) -> Result<Channel, PeerCallError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| PeerCallError::NotSent(member))?;
+        if let Some((known, channel)) = channels.get(&member) {
+            if known == urls {
+                return Ok(channel.clone());
+            }
+        }
+        let url = urls.first().ok_or(PeerCallError::NotSent(member))?;
+        let channel = self
+            .connect_lazy(url)
+            .ok_or(PeerCallError::NotSent(member))?;
+        channels.insert(member, (urls.to_vec(), channel.clone()));
+        Ok(channel)
+    }
+
+    fn connect_lazy(&self, url: &str) -> Option<Channel> {
+        connect_lazy(url, self.tls.as_ref())
+    }
+
+    /// A request with the metadata that identifies this member and its cluster.
+    pub(super) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        if let Ok(v) = format!("{:x}", self.cluster_id).parse() {
+            metadata.insert(CLUSTER_ID_HEADER, v);
+        }
+        if let Ok(v) = format!("{:x}", self.local_id).parse() {
+            metadata.insert(FROM_HEADER, v);
+        }
+        request
+    }
+
+    fn client(&self, member: u64, urls: &[String]) -> Result<PeerClient<Channel>, PeerCallError> {
+        if self.faults.is_blocked(member) {
+            return Err(PeerCallError::NotSent(member));
+        }
+        Ok(PeerClient::new(self.channel(member, urls)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
+    }
+
+    /// Turns a failed call into what the caller can do about it, and notices the two answers
+    /// that concern this member itself (removed, or of another cluster).
+    fn call_error(&self, member: u64, status: Status) -> PeerCallError {
+        METRICS
+            .peer_sent_failures
+            .with_label_values(&[&format!("{member:x}")])
+            .inc();
+        if status.code() == Code::FailedPrecondition && status.message() == REMOVED_MESSAGE {
+            (self.on_removed)();
+        }
+        if status.code() == Code::FailedPrecondition
+            && status.message().starts_with(CLUSTER_MISMATCH_MESSAGE)
+        {
+            (self.on_cluster_mismatch)(member, status.message().to_string());
+        }
+        if was_not_sent(&status) {
+            return PeerCallError::NotSent(member);
+        }
+        PeerCallError::Failed(etcd_error_of(&status))
+    }
+
+    fn count_sent(&self, member: u64, bytes: usize) {
+        METRICS
+            .peer_sent_bytes
+            .with_label_values(&[&format!("{member:x}")])
+            .inc_by(bytes as u64);
+    }
+
+    pub async fn propose(
+        &self,
+        leader: u64,
+        urls: &[String],
+        request: &RaftRequest,
+        timeout: Duration,
+    ) -> Result<ProposeResponse, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        self.count_sent(leader, request.encoded_len());
+        let call = client.propose(self.request(request.clone()));
+        unary(timeout, call)
+            .await
+            .map_err(|s| self.call_error(leader, s))
+    }
+
+    pub async fn read_index(
+        &self,
+        leader: u64,
+        urls: &[String],
+        timeout: Duration,
+    ) -> Result<u64, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        let call = client.read_index(self.request(ReadIndexRequest {}));
+        unary(timeout, call)
+            .await
+            .map(|r| r.index)
+            .map_err(|s| self.call_error(leader, s))
+    }
+
+    pub async fn lease_keep_alive(
+        &self,
+        leader: u64,
+        urls: &[String],
+        id: i64,
+        timeout: Duration,
+    ) -> Result<LeaseKeepAliveResponse, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        let call = client.lease_keep_alive(self.request(LeaseKeepAliveRequest { id }));
+        unary(timeout, call)
+            .await
+            .map_err(|s| self.call_error(leader, s))
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        leader: u64,
+        urls: &[String],
+        request: LeaseTimeToLiveRequest,
+        timeout: Duration,
+    ) -> Result<LeaseTimeToLiveResponse, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        let call = client.lease_time_to_live(self.request(request));
+        unary(timeout, call)
+            .await
+            .map_err(|s| self.call_error(leader, s))
+    }
+
+    pub async fn change_members(
+        &self,
+        leader: u64,
+        urls: &[String],
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<MembershipChangeResponse, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        let call = client.change_members(self.request(change));
+        unary(timeout, call)
+            .await
+            .map_err(|s| self.call_error(leader, s))
+    }
+
+    /// The cluster as the member at `url` knows it.
+    pub async fn get_cluster(&self, url: &str, timeout: Duration) -> Result<ClusterInfo, String> {
+        fetch_cluster(url, self.tls.as_ref(), timeout).await
+    }
+
+    /// Since when `member` has been reachable without interruption, if it is.
+    pub fn active_since(&self, member: u64) -> Option<Instant> {
+        self.active_since
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&member).copied())
+    }
+
+    fn record_activity(&self, member: u64, active: bool) {
+        if let Ok(mut all) = self.active_since.lock() {
+            if active {
+                all.entry(member).or_insert_with(Instant::now);
+            } else {
+                all.remove(&member);
+            }
+        }
+    }
+
+    pub fn faults(&self) -> &Arc<PeerFaults> {
+        &self.faults
+    }
+
+    pub fn local_id(&self) -> u64 {
+        self.local_id
+    }
+}
+
+/// A lazily connected channel to the peer URL `url`.
+fn connect_lazy(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<Channel> {
+    let uri: Uri = url.parse().ok()?;
+    let https = uri.scheme_str() == Some("https");
+    let authority = uri.authority()?.clone();
+    // The connector below does TLS itself (certificates from etcd's peer flags, or none
+    // checked with --peer-auto-tls), so tonic sees a plain http endpoint.
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
+        .ok()?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20);
+    if !https {
+        return Some(endpoint.connect_lazy());
+    }
+    let tls = match tls {
+        Some(tls) => tls.clone(),
+        None => {
+            tracing::warn!(url, "https peer URL but no peer TLS configured");
+            return None;
+        }
+    };
+    let connector = tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move { connect_tls(uri, tls).await }
+    });
+    Some(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// The cluster as the member at peer URL `url` knows it (for joining, and the bootstrap checks).
+/// The channel is throwaway: this member may not know its own ID yet.
+pub async fn fetch_cluster(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<ClusterInfo, String> {
+    let channel = connect_lazy(url, tls).ok_or_else(|| format!("cannot connect to {url}"))?;
+    let mut client = PeerClient::new(channel);
+    let call = client.get_cluster(tonic::Request::new(GetClusterRequest {}));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(_) => Err(format!("no answer from {url} within {timeout:?}")),
+    }
+}
+
+async fn connect_tls(
+    uri: Uri,
+    tls: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let host = uri
+        .host()
+        .ok_or_else(|| std::io::Error::other("peer URL without a host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    Ok(TokioIo::new(stream))
+}
+
+async fn unary<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded(EtcdError::Timeout.to_string())),
+    }
+}
+
+/// Whether a failed call certainly never reached the peer: the connection was refused or could
+/// not be made, so the request may be sent elsewhere without risk of applying it twice.
+fn was_not_sent(status: &Status) -> bool {
+    if status.code() != Code::Unavailable && status.code() != Code::Unknown {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        let text = error.to_string();
+        if text.contains("tcp connect error") || text.contains("error trying to connect") {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The etcd error a peer answered with (it travels as etcd's message).
+pub fn etcd_error_of(status: &Status) -> EtcdError {
+    match status.code() {
+        Code::DeadlineExceeded => EtcdError::Timeout,
+        Code::Unavailable | Code::Unknown
+            if EtcdError::fixed_message(status.message()).is_none() =>
+        {
+            EtcdError::LeaderChanged
+        }
+        _ => EtcdError::fixed_message(status.message())
+            .unwrap_or_else(|| EtcdError::Internal(status.message().to_string())),
+    }
+}
+
+/// openraft's network: a client per target, made by the factory below.
+pub struct PeerNetwork {
+    pool: Arc<PeerPool>,
+}
+
+impl PeerNetwork {
+    pub fn new(pool: Arc<PeerPool>) -> Self {
+        Self { pool }
+    }
+}
+
+pub struct RaftPeer {
+    pool: Arc<PeerPool>,
+    target: NodeId,
+    urls: Vec<String>,
+    label: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = RaftPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> RaftPeer {
+        RaftPeer {
+            pool: self.pool.clone(),
+            target,
+            urls: node.peer_urls.clone(),
+            label: format!("{target:x}"),
+        }
+    }
+}
+
+impl RaftPeer {
+    fn unreachable(&self, why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+        Unreachable::new(&AnyError::error(format!("peer {}: {why}", self.label)))
+    }
+
+    fn rpc_error(&self, error: PeerCallError) -> RPCError<TypeConfig> {
+        match error {
+            PeerCallError::NotSent(_) => RPCError::Unreachable(self.unreachable("unreachable")),
+            PeerCallError::Failed(e) => RPCError::Network(NetworkError::new(&AnyError::error(e))),
+        }
+    }
+
+    /// One openraft request-response call; `call` picks the RPC.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(PeerClient<Channel>, tonic::Request<RaftMessage>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, Status>>,
+    {
+        let message = wire::encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.message()))))?;
+        let client = self
+            .pool
+            .client(self.target, &self.urls)
+            .map_err(|e| self.rpc_error(e))?;
+        self.pool.count_sent(self.target, message.payload.len());
+        let started = Instant::now();
+        let answer = unary(option.soft_ttl(), call(client, self.pool.request(message))).await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(status) => {
+                self.set_active(false);
+                return Err(self.rpc_error(self.pool.call_error(self.target, status)));
+            }
+        };
+        self.set_active(true);
+        METRICS
+            .peer_round_trip_seconds
+            .with_label_values(&[&self.label])
+            .observe(started.elapsed().as_secs_f64());
+        METRICS
+            .peer_received_bytes
+            .with_label_values(&[&self.label])
+            .inc_by(answer.payload.len() as u64);
+        wire::decode(&answer).map_err(|e| {
+            RPCError::Network(NetworkError::new(&AnyError::error(format!(
+                "undecodable answer from peer {}: {}",
+                self.label,
+                e.message()
+            ))))
+        })
+    }
+
+    fn set_active(&self, active: bool) {
+        self.pool.record_activity(self.target, active);
+        METRICS
+            .active_peers
+            .with_label_values(&[&format!("{:x}", self.pool.local_id), &self.label])
+            .set(i64::from(active));
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for RaftPeer {
+    type SnapshotData = crate::raft::snapshot::SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // Cap the bytes of one request; the leader sends the rest next (PartialSuccess).
+        let mut kept = 0;
+        let mut bytes = 0;
+        for entry in &rpc.entries {
+            let size = entry_size(entry);
+            if kept > 0 && bytes + size > APPEND_BYTES_BUDGET {
+                break;
+            }
+            kept += 1;
+            bytes += size;
+        }
+        let truncated = kept < rpc.entries.len();
+        if truncated {
+            rpc.entries.truncate(kept);
+        }
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let response: AppendEntriesResponse<TypeConfig> = self
+            .call(&rpc, &option, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await?;
+        Ok(match response {
+            AppendEntriesResponse::Success if truncated => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            other => other,
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(&req, &option, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: RaftSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let client = self
+            .pool
+            .client(self.target, &self.urls)
+            .map_err(|_| StreamingError::Unreachable(self.unreachable("unreachable")))?;
+        let started = Instant::now();
+        let send = snapshot_transfer::send(client, &self.pool, self.target, vote, snapshot);
+        let outcome = tokio::select! {
+            outcome = send => outcome,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        let to = [self.label.as_str()];
+        match outcome {
+            Ok(response) => {
+                METRICS.snapshot_send_success.with_label_values(&to).inc();
+                METRICS
+                    .snapshot_send_seconds
+                    .with_label_values(&to)
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(response)
+            }
+            Err(e) => {
+                METRICS.snapshot_send_failures.with_label_values(&to).inc();
+                tracing::warn!(peer = %self.label, error = %e, "sending a snapshot failed; it will be retried");
+                Err(StreamingError::Network(NetworkError::new(
+                    &AnyError::error(e),
+                )))
+            }
+        }
+    }
+}
+
+/// Bytes an entry takes on the wire, roughly (its payload dominates).
+fn entry_size(entry: &crate::raft::types::Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(p) => p.0.len() + 32,
+        _ => 256,
+    }
+}
