@@ -50,10 +50,11 @@ impl Cluster {
         let token = format!("compat-{}-spawned", std::process::id());
         let ports = free_ports_except(2 * size, &[]);
         let names: Vec<String> = (0..size).map(|i| format!("{}-{i}", base.name)).collect();
+        let scheme = peer_scheme(&base);
         let initial_cluster = names
             .iter()
             .enumerate()
-            .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .map(|(i, name)| format!("{name}={scheme}://127.0.0.1:{}", ports[2 * i + 1]))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
@@ -90,7 +91,8 @@ impl Cluster {
             let token = format!("compat-{}-{attempt}", std::process::id());
             let ports = free_ports_except(2 * size, &[]);
             let names: Vec<String> = (0..size).map(|i| format!("{}-{i}", base.name)).collect();
-            let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+            let scheme = peer_scheme(&base);
+            let peer_url = |i: usize| format!("{scheme}://127.0.0.1:{}", ports[2 * i + 1]);
             let initial_cluster = names
                 .iter()
                 .enumerate()
@@ -274,7 +276,7 @@ impl Cluster {
         let name = format!("{}-{index}", self.base.name);
         let taken: Vec<u16> = Vec::new();
         let ports = free_ports_except(2, &taken);
-        let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+        let peer_url = format!("{}://127.0.0.1:{}", peer_scheme(&self.base), ports[1]);
         let mut client = self.client().await;
         // etcd (and keelson) refuse membership changes until every member has been connected
         // for 5 s: `unhealthy cluster`. Retry that, bounded.
@@ -341,6 +343,14 @@ impl Cluster {
                 set_blocked(member, "").await;
             }
         }
+    }
+}
+
+fn peer_scheme(options: &ServerOptions) -> &'static str {
+    if options.peer_https {
+        "https"
+    } else {
+        "http"
     }
 }
 

@@ -460,3 +460,215 @@ async fn without_quorum_requests_fail_with_etcds_errors_and_resume_after() {
         "the watch on the survivor sees writes again"
     );
 }
+
+async fn scrape(cluster: &Cluster, i: usize) -> compat_tests::ops::Scrape {
+    let answer = compat_tests::ops::get(
+        None,
+        &format!("{}/metrics", cluster.members[i].client_url()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "member {i}: /metrics");
+    compat_tests::ops::Scrape::parse(&answer.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_gauges_follow_leadership_and_peer_traffic() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    cluster
+        .client()
+        .await
+        .put("metrics/k", "v", None)
+        .await
+        .expect("put");
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(format!("{:x}", cluster.member_id(i).await));
+        }
+        ids
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut leaders = 0.0;
+        let mut all_have_leader = true;
+        for i in 0..3 {
+            let m = scrape(&cluster, i).await;
+            leaders += m.value("etcd_server_is_leader", &[]);
+            all_have_leader &= m.value("etcd_server_has_leader", &[]) == 1.0;
+        }
+        if leaders == 1.0 && all_have_leader {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "is_leader/has_leader never settled: {leaders} leaders"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if cluster.kind() == ServerKind::Keelson {
+        let m = scrape(&cluster, leader).await;
+        for (i, id) in ids.iter().enumerate() {
+            if i == leader {
+                continue;
+            }
+            assert!(
+                m.value("etcd_network_peer_sent_bytes_total", &[("To", id)]) > 0.0,
+                "the leader sent nothing to {id}"
+            );
+            assert!(
+                m.value("etcd_network_peer_received_bytes_total", &[("From", id)]) > 0.0
+                    || scrape(&cluster, i).await.value(
+                        "etcd_network_peer_received_bytes_total",
+                        &[("From", &ids[leader])]
+                    ) > 0.0,
+                "no bytes counted between the leader and {id}"
+            );
+        }
+        assert_eq!(m.value("etcd_server_is_learner", &[]), 0.0);
+    }
+    // A leader change is counted by the survivors.
+    let survivor = (0..3).find(|i| *i != leader).expect("a survivor");
+    let before = scrape(&cluster, survivor)
+        .await
+        .value("etcd_server_leader_changes_seen_total", &[]);
+    cluster.kill(leader);
+    cluster.wait_for_leader_among(&[leader], WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = scrape(&cluster, survivor)
+            .await
+            .value("etcd_server_leader_changes_seen_total", &[]);
+        if after > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader_changes_seen stayed at {before}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Quorum lost: has_leader drops to 0 and /health says so.
+    let other = (0..3)
+        .find(|i| *i != leader && *i != survivor)
+        .expect("a third member");
+    cluster.kill(other);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = scrape(&cluster, survivor).await;
+        if m.value("etcd_server_has_leader", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "has_leader stayed 1 without quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = compat_tests::ops::get(
+        None,
+        &format!("{}/health", cluster.members[survivor].client_url()),
+    )
+    .await;
+    assert_eq!(
+        health.status, 503,
+        "/health without a leader: {}",
+        health.body
+    );
+    assert_eq!(health.json()["health"], "false");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_survive_the_loss_of_two_including_the_leader() {
+    let mut cluster = Cluster::start(5).await;
+    let leader = cluster.leader().await;
+    let mut client = cluster.client().await;
+    client
+        .put("five/before", "1", None)
+        .await
+        .expect("put with five members");
+    let other = (0..5).find(|i| *i != leader).expect("another member");
+    cluster.kill(leader);
+    cluster.kill(other);
+    let new_leader = cluster.wait_for_leader_among(&[leader, other], WAIT).await;
+    let mut on_new = cluster.member_client(new_leader).await;
+    let deadline = Instant::now() + WAIT;
+    let revision = loop {
+        match on_new.put("five/after", "2", None).await {
+            Ok(r) => break header_revision(r.header()),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no write with 3 of 5 members: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for i in (0..5).filter(|i| *i != leader && *i != other) {
+        let mut member = cluster.member_client(i).await;
+        let got = member
+            .get("five/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("read");
+        assert_eq!(got.kvs().len(), 2, "member {i}");
+        assert!(header_revision(got.header()) >= revision);
+    }
+    cluster.restart(leader).await;
+    cluster.restart(other).await;
+    assert_all_present_on(
+        &cluster,
+        leader,
+        &[("five/after".into(), "2".into(), revision)],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_leader_watches_fail_without_a_leader() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let survivor = (0..3).find(|i| *i != leader).expect("a survivor");
+    let options = default_connect_options().with_require_leader(true);
+    let mut client = Client::connect(
+        [cluster.members[survivor].endpoint()],
+        Some(options.clone()),
+    )
+    .await
+    .expect("connect with require-leader");
+    let mut stream =
+        compat_tests::watch::open_watch(&mut client, "rl/", WatchOptions::new().with_prefix())
+            .await;
+    compat_tests::watch::expect_created(&mut stream, "require-leader watch").await;
+    for i in 0..3 {
+        if i != survivor {
+            cluster.kill(i);
+        }
+    }
+    // The stream is closed with etcd's error once the member has had no leader for a while.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return "the stream ended without an error".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+    .expect("the require-leader watch stayed open without a leader");
+    assert!(ended.contains("etcdserver: no leader"), "{ended}");
+    // A new watch with require-leader is refused at once.
+    let again = Client::connect([cluster.members[survivor].endpoint()], Some(options))
+        .await
+        .expect("connect");
+    let refused = again.watch_client().watch("rl/", None).await;
+    let message = match refused {
+        Ok(mut s) => match s.message().await {
+            Err(e) => e.to_string(),
+            Ok(m) => format!("answered {m:?}"),
+        },
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("etcdserver: no leader"), "{message}");
+}

@@ -16,6 +16,7 @@ use crate::config::{Config, ListenUrl, Scheme};
 use crate::lease::{self, Lessor};
 use crate::member::applier::Applier;
 use crate::member::identity;
+use crate::member::membership::EtcdMembershipRules;
 use crate::member::{Limits, Member};
 use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{DiskMetrics, METRICS};
@@ -351,7 +352,9 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         incoming_snapshot_dir: member_dir.join("snap-incoming"),
         request_timeout: request_timeout(&config),
         peer_tls: peer_tls.clone(),
-        strict_reconfig_check: config.strict_reconfig_check,
+        membership_rules: Arc::new(EtcdMembershipRules {
+            strict: config.strict_reconfig_check,
+        }),
     };
     let raft = RaftNode::start(settings, storage, applier).await?;
     let member = Arc::new(Member::new(
@@ -410,6 +413,8 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         config.advertise_client_urls.join(" "),
         ident.cluster_id
     );
+    // A scrape right after "ready" must see the leader the member just found.
+    set_leadership_gauges(&member);
     for listener in client_listeners {
         servers.push(serve_listener(listener, &stop_rx));
     }
@@ -689,6 +694,16 @@ async fn bind_listeners(
     Ok(bound)
 }
 
+/// has_leader, is_leader, is_learner as they are now.
+fn set_leadership_gauges(member: &Member) {
+    let raft = member.raft_status();
+    METRICS.has_leader.set(i64::from(raft.leader.is_some()));
+    METRICS.is_leader.set(i64::from(raft.is_leader));
+    METRICS
+        .is_learner
+        .set(i64::from(member.raft().is_learner()));
+}
+
 /// Keeps the gauges that mirror the member's state up to date.
 fn start_metrics(config: &Config, member: &Arc<Member>) {
     if config.extensive_metrics {
@@ -720,11 +735,7 @@ fn start_metrics(config: &Config, member: &Arc<Member>) {
                 METRICS.leader_changes_seen.inc();
             }
             last_leader = raft.leader;
-            METRICS.has_leader.set(i64::from(raft.leader.is_some()));
-            METRICS.is_leader.set(i64::from(raft.is_leader));
-            METRICS
-                .is_learner
-                .set(i64::from(member.raft().is_learner()));
+            set_leadership_gauges(&member);
             METRICS.proposals_committed.set(raft.commit_index as i64);
             METRICS.proposals_applied.set(raft.applied_index as i64);
             let store = member.store();

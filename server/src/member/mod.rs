@@ -8,6 +8,7 @@ mod cluster;
 pub mod identity;
 pub mod ids;
 mod leases;
+pub mod membership;
 pub mod quota;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,6 +21,8 @@ pub struct ClusterState {
     leader_contact: Mutex<Option<(u64, Instant)>>,
     /// Whether this member ever had a leader (a formed cluster).
     ever_had_leader: std::sync::atomic::AtomicBool,
+    /// A delayed stop is already on its way.
+    stop_scheduled: std::sync::atomic::AtomicBool,
     fatal: watch::Sender<Option<String>>,
     /// The last applied log index, for requests waiting to see their entry applied here.
     applied: watch::Sender<u64>,
@@ -35,6 +37,7 @@ impl ClusterState {
             removed: RwLock::new(BTreeSet::new()),
             leader_contact: Mutex::new(None),
             ever_had_leader: std::sync::atomic::AtomicBool::new(false),
+            stop_scheduled: std::sync::atomic::AtomicBool::new(false),
             fatal: watch::channel(None).0,
             applied: watch::channel(0).0,
             faults,
@@ -110,6 +113,12 @@ impl ClusterState {
     /// Stops the member with `reason` after `delay` (a removed member answers what it is
     /// answering first, as etcd's stops with a delay).
     pub fn fail_after(self: &Arc<Self>, delay: std::time::Duration, reason: String) {
+        if self
+            .stop_scheduled
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
         let me = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("member-stop".into())

@@ -57,6 +57,8 @@ pub(crate) type RaftSnapshot = openraft::Snapshot<
 /// Entries kept after a snapshot so that a slightly lagging follower needs no snapshot
 /// (etcd keeps 5000 for the same reason).
 const LOG_ENTRIES_KEPT_AFTER_SNAPSHOT: u64 = 5000;
+/// How long a removed member keeps answering before it stops (etcd waits 1 s).
+pub(crate) const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 /// How long a forwarded request waits between attempts while the cluster has no leader.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
@@ -73,6 +75,30 @@ pub trait StateMachineApplier: Send + Sync + 'static {
     /// Reloads in-memory state after the data underneath was replaced by a snapshot.
     fn reload(&self) -> Result<(), StorageError>;
 }
+
+/// The membership as the leader sees it when a change is asked for.
+pub struct MembershipView {
+    /// This member (the leader).
+    pub me: u64,
+    pub nodes: BTreeMap<u64, MemberNode>,
+    pub voters: std::collections::BTreeSet<u64>,
+    /// Per follower: the index of the last log entry it has (None when unknown yet).
+    pub matched: BTreeMap<u64, Option<u64>>,
+    /// Per member ever reached: whether it has answered without interruption for the whole
+    /// health interval.
+    pub connected: BTreeMap<u64, bool>,
+    pub last_log_index: u64,
+    /// Members removed from the cluster; their IDs are never reused.
+    pub removed: std::collections::BTreeSet<u64>,
+}
+
+/// Whether a membership change is allowed; the member decides (etcd's rules), the raft layer
+/// asks on the leader before changing the membership.
+pub trait MembershipRules: Send + Sync + 'static {
+    fn check(&self, view: &MembershipView, change: &MembershipChangeKind) -> EtcdResult<()>;
+}
+
+pub use crate::proto::peerpb::membership_change::Change as MembershipChangeKind;
 
 /// What the leader does for the lease clients of its followers; the member implements it.
 #[tonic::async_trait]
@@ -101,8 +127,8 @@ pub struct RaftSettings {
     pub request_timeout: Duration,
     /// TLS towards https peer URLs.
     pub peer_tls: Option<Arc<rustls::ClientConfig>>,
-    /// etcd's --strict-reconfig-check.
-    pub strict_reconfig_check: bool,
+    /// Which membership changes are allowed.
+    pub membership_rules: Arc<dyn MembershipRules>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -572,8 +598,13 @@ impl RaftNode {
         }
     }
 
-    /// Changes the membership through the leader and waits until this member applied it.
+    /// Changes the membership through the leader and waits until this member applied it (a
+    /// member removing itself does not: the leader stops replicating to it).
     pub async fn change_members(&self, change: MembershipChange) -> EtcdResult<()> {
+        let removes_me = matches!(
+            &change.change,
+            Some(MembershipChangeKind::Remove(r)) if r.id == self.settings.member_id
+        );
         let deadline = Instant::now() + self.settings.request_timeout;
         loop {
             let index = match self.leader_until(deadline).await? {
@@ -600,6 +631,9 @@ impl RaftNode {
                     }
                 }
             };
+            if removes_me {
+                return Ok(());
+            }
             return self.wait_applied(index, deadline).await;
         }
     }
@@ -700,7 +734,11 @@ fn peer_pool(
         Box::new(move || {
             if let Some(cluster) = cluster.upgrade() {
                 tracing::warn!("{}", peer::client::REMOVED_MESSAGE);
-                cluster.fail(peer::client::REMOVED_MESSAGE.to_string());
+                // As etcd: answer what is in flight (its own removal included) before stopping.
+                cluster.fail_after(
+                    REMOVED_STOP_DELAY,
+                    peer::client::REMOVED_MESSAGE.to_string(),
+                );
             }
         }) as Box<dyn Fn() + Send + Sync>
     };

@@ -13,13 +13,11 @@ use super::cluster_state::ClusterState;
 use super::peer::client::REMOVED_MESSAGE;
 use super::snapshot::{copy_state_machine, SnapshotData, SnapshotStore};
 use super::types::{Applied, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
-use super::{RaftSnapshot, StateMachineApplier};
+use super::{RaftSnapshot, StateMachineApplier, REMOVED_STOP_DELAY};
 use crate::storage::{Storage, StorageError, CF_META, CF_RAFT};
 
 const META_APPLIED: &[u8] = b"raft/applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
-/// How long a member that applied its own removal keeps answering (etcd waits 1 s).
-const REMOVED_STOP_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 /// IDs of members removed from the cluster (JSON list); they are never reused.
 const META_REMOVED: &[u8] = b"raft/removed_members";
 /// Set while a snapshot is being copied in; a restart finishes the copy.
