@@ -281,6 +281,17 @@ async fn a_follower_far_behind_a_purged_log_catches_up_by_snapshot() {
             log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
         );
     }
+    // A new member joins after the purge: it too starts from a snapshot.
+    let (joined, _) = cluster.add_member(true).await;
+    assert_all_present_on(&cluster, joined, &latest).await;
+    if cluster.kind() == ServerKind::Keelson {
+        assert!(
+            cluster.members[joined]
+                .log_text()
+                .contains("received a snapshot"),
+            "the new member caught up without a snapshot"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

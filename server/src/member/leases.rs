@@ -92,6 +92,11 @@ impl Member {
 
     /// The leader's renewal: only the leader tracks when leases expire.
     async fn renew_as_leader(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
+        // Asked of raft, not of the lessor's flag (refreshed every 50 ms): a leader that was
+        // frozen and no longer has a quorum must not renew what the new leader may expire.
+        if !self.raft_status().is_leader {
+            return Err(EtcdError::NotLeader);
+        }
         let ttl = match self.lessor.renew(id) {
             Renewal::Renewed {
                 ttl,
@@ -206,6 +211,9 @@ impl Member {
             loop {
                 scan.tick().await;
                 let Some(member) = weak.upgrade() else { return };
+                if !member.raft_status().is_leader {
+                    continue;
+                }
                 for id in member.lessor.take_expired(EXPIRED_PER_SCAN) {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return;
