@@ -95,6 +95,29 @@ app.kubernetes.io/part-of: keelson
 {{- join "," $members -}}
 {{- end -}}
 
+{{/*
+keelson's join step (docs/deploy.md, "Scaling and member replacement"): with --join-seeds a
+member whose data dir is empty asks the seeds whether the cluster exists, and then joins it as a
+learner (MemberAdd, start with --initial-cluster-state=existing, MemberPromote once caught up),
+replacing a member of its name whose disk was lost; `keelson leave` in a preStop hook removes a
+member whose ordinal the StatefulSet scaled away. keelson does not have them yet: this returns
+"" until it does, and then "true" (plus lifting the OrderedReady restriction in
+values.schema.json). The templates already render the flag, the preStop hook and the RBAC the
+hook needs behind it; the chart tests render them with this set to "true".
+*/}}
+{{- define "keelson.joinSupported" -}}
+{{- end -}}
+
+{{/* The seeds of the join step: the peer URLs of ordinals 0..replicaCount-1. */}}
+{{- define "keelson.seedPeerURLs" -}}
+{{- $root := . -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.replicaCount) -}}
+{{- $urls = append $urls (include "keelson.peerURL" (dict "root" $root "ordinal" $i)) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
 {{/* The client URL of the client Service, for etcdctl in the test pod and the NOTES. */}}
 {{- define "keelson.serviceEndpoint" -}}
 {{- printf "%s://%s.%s.svc.%s:%d" (include "keelson.clientScheme" .) (include "keelson.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.ports.client) -}}
@@ -194,7 +217,9 @@ an ETCD_* variable in extraEnv: keelson, as etcd, refuses a variable that repeat
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{- /* The join step (docs/deploy.md, "Scaling"): once keelson has it, its flags go here. */ -}}
+{{- if include "keelson.joinSupported" . -}}
+{{- $args = append $args (printf "--join-seeds=%s" (include "keelson.seedPeerURLs" .)) -}}
+{{- end -}}
 {{- toJson $args -}}
 {{- end -}}
 
