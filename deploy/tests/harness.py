@@ -204,6 +204,9 @@ def command_line(container: dict, env: dict[str, str]) -> list[str]:
 # The loopback cluster
 # ---------------------------------------------------------------------------------------------
 
+# Where the kubelet mounts the service account token when automountServiceAccountToken is on;
+# give LoopbackCluster a directory for it in secret_dirs under this key.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _URL = re.compile(r"(?P<scheme>https?|unix)://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?")
 _LOOPBACK_SUBNETS = iter(range(77, 250))
 
@@ -291,8 +294,9 @@ class LoopbackCluster:
         return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
     def host_owner(self, host: str, me: int) -> int | None:
-        """Which member a host of member `me`'s spec designates (None: not a member)."""
-        if host in ("0.0.0.0", "[::]", "localhost", "127.0.0.1", self.member(me).pod.ip):
+        """Which member a host of member `me`'s spec designates (None: not a member; `me` < 0:
+        a pod that is not a member, such as the helm test pod)."""
+        if me >= 0 and host in ("0.0.0.0", "[::]", "localhost", "127.0.0.1", self.member(me).pod.ip):
             return me
         if host in self.host_map:
             return self.host_map[host]
@@ -351,6 +355,8 @@ class LoopbackCluster:
                 local = member.workdir / "volumes" / mount["name"]
                 local.mkdir(parents=True, exist_ok=True)
             out.append((mount["mountPath"].rstrip("/"), local))
+        if self.pod_spec.get("automountServiceAccountToken") and SERVICE_ACCOUNT_DIR in self.secret_dirs:
+            out.append((SERVICE_ACCOUNT_DIR, self.secret_dirs[SERVICE_ACCOUNT_DIR]))
         return sorted(out, key=lambda m: -len(m[0]))
 
     def map_paths(self, text: str, me: int) -> str:
@@ -370,6 +376,36 @@ class LoopbackCluster:
         name = os.path.basename(binary)
         assert name in self.binaries, f"no local binary for {binary}"
         return [self.binaries[name], *argv[1:]], env
+
+    def resolved_pod(self, pod: dict) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment of another rendered pod (e.g. the helm test pod)
+        whose URLs name the members or the client Service, mapped to loopback."""
+        container = pod["spec"]["containers"][0]
+        identity = PodIdentity(pod["metadata"]["name"], self.namespace, f"127.{self.subnet}.2.1")
+        env = resolve_env(container, identity)
+        argv = [_URL.sub(lambda m: self.rewrite_url(m, -1), a) for a in command_line(container, env)]
+        env = {k: _URL.sub(lambda m: self.rewrite_url(m, -1), v) for k, v in env.items()}
+        name = os.path.basename(argv[0])
+        assert name in self.binaries, f"no local binary for {argv[0]}"
+        return [self.binaries[name], *argv[1:]], env
+
+    def run_exec(self, ordinal: int, argv: list[str], extra_env: dict[str, str] | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        """An exec in member `ordinal`'s container (a preStop hook): its environment, $(VAR)
+        expansion, and the same loopback mapping."""
+        member = self.member(ordinal)
+        env = {k: self.rewrite(v, ordinal) for k, v in resolve_env(self.container(), member.pod).items()}
+        argv = [self.rewrite(expand(a, env), ordinal) for a in argv]
+        name = os.path.basename(argv[0])
+        assert name in self.binaries, f"no local binary for {argv[0]}"
+        return subprocess.run([self.binaries[name], *argv[1:]],
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env, **(extra_env or {})},
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def run_pod(self, pod: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+        argv, env = self.resolved_pod(pod)
+        return subprocess.run(argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -471,6 +507,33 @@ def keelson_binary() -> str | None:
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     candidate = target / "debug" / "keelson"
     return str(candidate) if candidate.exists() else None
+
+
+def multi_member_refusal(binary: str, workdir: Path) -> str | None:
+    """keelson's own refusal of a 3-member --initial-cluster (None once it accepts one). The
+    probe cannot start a server: --initial-cluster-state=probe is invalid either way."""
+    cluster = ",".join(f"m{i}=http://127.0.0.1:{9 + i}" for i in range(3))
+    proc = subprocess.run([binary, "--name", "m0", "--data-dir", str(workdir / "probe.etcd"),
+                           "--initial-advertise-peer-urls", "http://127.0.0.1:9", "--initial-cluster", cluster,
+                           "--initial-cluster-state", "probe"], capture_output=True, text=True, timeout=20,
+                          env={"PATH": "/usr/bin:/bin"})
+    text = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0 and "not supported" in text and "member" in text:
+        return text.splitlines()[0]
+    return None
+
+
+def join_chart(workdir: Path) -> Path:
+    """A copy of the chart with keelson.joinSupported on (see _helpers.tpl)."""
+    chart = workdir / "keelson-join"
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        helpers = chart / "templates" / "_helpers.tpl"
+        text = helpers.read_text()
+        marker = '{{- define "keelson.joinSupported" -}}\n{{- end -}}'
+        assert marker in text, "keelson.joinSupported moved: update harness.join_chart"
+        helpers.write_text(text.replace(marker, '{{- define "keelson.joinSupported" -}}true{{- end -}}'))
+    return chart
 
 
 def keelson_help(binary: str) -> str:

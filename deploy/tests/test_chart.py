@@ -492,14 +492,7 @@ def test_custom_resources_match_their_crds():
 # ------------------------------------------------------------------------ the prepared join step
 
 def _join_chart_render(tmp_path: Path) -> Path:
-    chart = tmp_path / "keelson-join"
-    if not chart.exists():
-        shutil.copytree(harness.CHART, chart)
-        helpers = chart / "templates" / "_helpers.tpl"
-        text = helpers.read_text()
-        marker = '{{- define "keelson.joinSupported" -}}\n{{- end -}}'
-        assert marker in text, "keelson.joinSupported moved: update this test"
-        helpers.write_text(text.replace(marker, '{{- define "keelson.joinSupported" -}}true{{- end -}}'))
+    chart = harness.join_chart(tmp_path)
     out = tmp_path / "join--render.yaml"
     out.write_text("\n---\n".join(t for p, t in render({"replicaCount": 5}, chart=chart).items() if p.endswith(".yaml")))
     return out

@@ -1,0 +1,255 @@
+"""The chart's rendered StatefulSet run for real: each member's exact command line and
+environment (Kubernetes' env and $(VAR) semantics), its probes and the `helm test` pod's
+etcdctl command, with the keelson binary and Debian's etcdctl, on loopback through the
+test-only resolver override of harness.LoopbackCluster (docs/deploy.md, "Testing the chart").
+
+One member runs end to end today. Three and five members, scaling and member replacement wait
+for keelson's clusters and join step: they skip with the reason keelson itself gives, and run
+unchanged once it accepts them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import harness
+import pki
+from harness import LoopbackCluster, manifests, one, render
+
+FULL = "demo-keelson"
+
+
+def cluster_for(values: dict, tmp_path, keelson_bin: str, etcdctl_bin: str, chart=harness.CHART,
+                secret_dirs: dict | None = None) -> tuple[LoopbackCluster, list[dict]]:
+    objs = manifests(render(values, chart=chart))
+    sts = one(objs, "StatefulSet")
+    cluster = LoopbackCluster(sts, workdir=tmp_path, binaries={"keelson": keelson_bin, "etcdctl": etcdctl_bin},
+                              service_names=[FULL], secret_dirs=secret_dirs)
+    return cluster, objs
+
+
+class FakeKubeAPI:
+    """The one Kubernetes API call `keelson leave --if-scaled-down` makes: GET of its
+    StatefulSet, answering the replicas a test sets; HTTPS with a service account CA and token
+    in `directory`, as the kubelet mounts them."""
+
+    def __init__(self, directory: Path, namespace: str, name: str):
+        self.replicas = 0
+        self.requests: list[str] = []
+        self.dir = directory
+        ca = pki.ca(directory / "pki", "kube-ca")
+        crt, key = pki.cert(directory / "pki", "apiserver", ca, ips=["127.0.0.1"], client=False)
+        sa = directory / "serviceaccount"
+        sa.mkdir(parents=True)
+        (sa / "ca.crt").write_bytes(ca[0].read_bytes())
+        (sa / "token").write_text("test-token")
+        (sa / "namespace").write_text(namespace)
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                api.requests.append(self.path)
+                ok = (self.path == f"/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"
+                      and self.headers.get("Authorization") == "Bearer test-token")
+                body = json.dumps({"kind": "StatefulSet", "metadata": {"name": name, "namespace": namespace},
+                                   "spec": {"replicas": api.replicas}} if ok else {"kind": "Status", "code": 404}).encode()
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(crt, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the kubelet sets in every container."""
+        return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.server.server_address[1])}
+
+    @property
+    def service_account(self) -> Path:
+        return self.dir / "serviceaccount"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def start_ready(cluster: LoopbackCluster, ordinals, timeout: float = 60) -> None:
+    for i in ordinals:
+        cluster.start(i)
+    for i in ordinals:
+        cluster.wait_probe(i, "startupProbe", timeout)
+        cluster.wait_probe(i, "readinessProbe", timeout)
+        status, body = cluster.probe(i, "livenessProbe")
+        assert status == 200 and body.strip() == "ok", (status, body)
+
+
+def require_clusters(keelson_bin: str, tmp_path) -> None:
+    refusal = harness.multi_member_refusal(keelson_bin, tmp_path)
+    if refusal:
+        pytest.skip(f"keelson refuses clusters of several members today: {refusal!r}")
+
+
+def require_join(keelson_bin: str, tmp_path) -> None:
+    require_clusters(keelson_bin, tmp_path)
+    if "--join-seeds" not in harness.keelson_help(keelson_bin):
+        pytest.skip("keelson has no join step yet (`keelson --help` lists no --join-seeds; docs/deploy.md, "
+                    "\"Scaling and member replacement\", says what the chart expects)")
+
+
+def test_one_member_runs_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+    cluster, objs = cluster_for({"replicaCount": 1}, tmp_path, keelson_bin, etcdctl_bin)
+    try:
+        t0 = time.monotonic()
+        start_ready(cluster, [0])
+        ready_after = time.monotonic() - t0
+        member = cluster.member(0)
+        endpoints = cluster.client_endpoints()
+        harness.etcdctl(endpoints, "put", "greeting", "hello")
+        assert harness.etcdctl(endpoints, "get", "greeting", "--print-value-only").stdout.strip() == "hello"
+        members = harness.member_list(endpoints)
+        assert len(members) == 1
+        assert members[0]["name"] == f"{FULL}-0", "--name=$(POD_NAME) must expand to the pod's name"
+        assert members[0]["peerURLs"] == [f"http://{member.address}:{member.ports[2380]}"]
+        assert members[0]["clientURLs"] == [f"http://{member.address}:{member.ports[2379]}"]
+        # The data dir is the rendered one, inside the volume.
+        assert (member.workdir / "volumes" / "data" / "data").is_dir()
+        # `helm test`: the rendered test pod's etcdctl command.
+        proc = cluster.run_pod(one(objs, "Pod"))
+        assert proc.returncode == 0 and "is healthy" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        member_id = members[0]["ID"]
+        # A pod restart (SIGTERM within the grace period, same volume) keeps data and identity.
+        assert cluster.stop(0) == 0, member.log_tail()
+        start_ready(cluster, [0])
+        assert harness.etcdctl(endpoints, "get", "greeting", "--print-value-only").stdout.strip() == "hello"
+        assert harness.member_list(endpoints)[0]["ID"] == member_id
+        print(f"\none member: ready {ready_after:.1f} s after start")
+    finally:
+        cluster.close()
+
+
+def test_tls_auto_member_runs_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+    """--auto-tls and --peer-auto-tls as the chart renders them, probed on plain HTTP, and the
+    helm test pod with --insecure-skip-tls-verify."""
+    values = {"replicaCount": 1, "tls": {"client": {"enabled": True, "source": "auto", "clientCertAuth": False},
+                                         "peer": {"enabled": True, "source": "auto", "clientCertAuth": False}}}
+    cluster, objs = cluster_for(values, tmp_path, keelson_bin, etcdctl_bin)
+    try:
+        start_ready(cluster, [0])
+        endpoints = cluster.client_endpoints(scheme="https")
+        harness.etcdctl(endpoints, "put", "k", "v", extra=["--insecure-skip-tls-verify"])
+        proc = cluster.run_pod(one(objs, "Pod"))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        cluster.close()
+
+
+def test_three_members_bootstrap_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+    require_clusters(keelson_bin, tmp_path)
+    cluster, objs = cluster_for({}, tmp_path, keelson_bin, etcdctl_bin)
+    try:
+        t0 = time.monotonic()
+        start_ready(cluster, range(3))
+        print(f"\nthree members: all ready {time.monotonic() - t0:.1f} s after start")
+        endpoints = cluster.client_endpoints()
+        names = sorted(m["name"] for m in harness.member_list(endpoints))
+        assert names == [f"{FULL}-{i}" for i in range(3)]
+        harness.etcdctl(cluster.client_endpoints([0]), "put", "k", "v")
+        got = harness.etcdctl(cluster.client_endpoints([2]), "get", "k", "--print-value-only")
+        assert got.stdout.strip() == "v"
+        proc = cluster.run_pod(one(objs, "Pod"))
+        assert proc.returncode == 0 and proc.stdout.count("is healthy") + proc.stderr.count("is healthy") == 3, proc.stdout + proc.stderr
+    finally:
+        cluster.close()
+
+
+def test_scale_3_to_5_and_back_then_replace_a_member(tmp_path, keelson_bin, etcdctl_bin):
+    """As Kubernetes would do it: `helm upgrade --set replicaCount=5` re-renders the StatefulSet
+    and starts ordinals 3 and 4 (empty volumes, the join step makes them learners and promotes
+    them); `--set replicaCount=3` stops 4 then 3 after their preStop hook (`keelson leave`) ran;
+    a member restarted with an empty volume is removed and re-added under its name."""
+    require_join(keelson_bin, tmp_path)
+    chart = harness.join_chart(tmp_path)
+    api = FakeKubeAPI(tmp_path / "kube", "db", FULL)
+    sa = {harness.SERVICE_ACCOUNT_DIR: api.service_account}
+    timings = {}
+    three, _ = cluster_for({"replicaCount": 3}, tmp_path, keelson_bin, etcdctl_bin, chart=chart, secret_dirs=sa)
+    five = None
+    try:
+        api.replicas = 3
+        start_ready(three, range(3))
+        endpoints = three.client_endpoints()
+        for i in range(50):
+            harness.etcdctl(endpoints, "put", f"key{i}", f"value{i}")
+
+        def names(eps: str) -> list[str]:
+            return sorted(m["name"] for m in harness.member_list(eps) if m.get("name"))
+
+        def voters(eps: str) -> int:
+            return sum(1 for m in harness.member_list(eps) if not m.get("isLearner"))
+
+        # A rollout restart of member 0 runs its preStop hook too: replicas still include it,
+        # so it must stay a member.
+        hook = three.container()["lifecycle"]["preStop"]["exec"]["command"]
+        proc = three.run_exec(0, hook, extra_env=api.env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert len(harness.member_list(endpoints)) == 3, "a restart must not remove the member"
+        assert api.requests, "keelson leave did not ask the Kubernetes API for the replicas"
+
+        # Scale up: a render with 5 replicas; members 0-2 keep running (their pods change only
+        # in --initial-cluster/--join-seeds, which a member with data ignores).
+        api.replicas = 5
+        five, _ = cluster_for({"replicaCount": 5}, tmp_path, keelson_bin, etcdctl_bin, chart=chart, secret_dirs=sa)
+        for i in range(3):
+            five.members[i] = three.member(i)
+        t0 = time.monotonic()
+        start_ready(five, [3, 4], timeout=120)
+        harness.wait_for("5 voting members", lambda: voters(endpoints) == 5, 120)
+        timings["scale up 3 -> 5"] = time.monotonic() - t0
+        assert names(endpoints) == [f"{FULL}-{i}" for i in range(5)]
+        assert harness.etcdctl(five.client_endpoints([4]), "get", "key42", "--print-value-only").stdout.strip() == "value42"
+
+        # Scale down: the StatefulSet stops the highest ordinal first, running its preStop hook
+        # before SIGTERM, and waits for it to be gone before the next.
+        api.replicas = 3
+        t0 = time.monotonic()
+        for i in (4, 3):
+            proc = five.run_exec(i, five.container()["lifecycle"]["preStop"]["exec"]["command"], extra_env=api.env)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            five.stop(i)
+        harness.wait_for("3 members", lambda: len(harness.member_list(endpoints)) == 3, 60)
+        timings["scale down 5 -> 3"] = time.monotonic() - t0
+        assert names(endpoints) == [f"{FULL}-{i}" for i in range(3)]
+
+        # Lost disk: member 1 comes back with an empty volume.
+        t0 = time.monotonic()
+        old_id = next(m["ID"] for m in harness.member_list(endpoints) if m["name"] == f"{FULL}-1")
+        three.stop(1)
+        three.wipe(1)
+        start_ready(three, [1], timeout=120)
+        harness.wait_for("3 voting members", lambda: voters(endpoints) == 3, 120)
+        new_id = next(m["ID"] for m in harness.member_list(endpoints) if m["name"] == f"{FULL}-1")
+        assert new_id != old_id, "a member whose disk was lost must come back as a new member"
+        assert harness.etcdctl(three.client_endpoints([1]), "get", "key7", "--print-value-only").stdout.strip() == "value7"
+        timings["replace member with empty volume"] = time.monotonic() - t0
+        print("\n" + json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    finally:
+        three.close()
+        if five is not None:
+            five.close()
+        api.close()
