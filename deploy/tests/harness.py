@@ -360,9 +360,12 @@ class LoopbackCluster:
         return sorted(out, key=lambda m: -len(m[0]))
 
     def map_paths(self, text: str, me: int) -> str:
-        for mount_path, local in self.mounts(me):
-            text = re.sub(rf"(?<![\w/]){re.escape(mount_path)}(?=/|$|,)", str(local), text)
-        return text
+        """Mount paths (longest first, one pass, so a replacement is never rewritten again)."""
+        mounts = dict(self.mounts(me))
+        if not mounts:
+            return text
+        pattern = "|".join(re.escape(p) for p in mounts)
+        return re.sub(rf"(?<![\w/])({pattern})(?=/|$|,)", lambda m: str(mounts[m.group(1)]), text)
 
     def resolved(self, ordinal: int, container: str | None = None) -> tuple[list[str], dict[str, str]]:
         """Member `ordinal`'s exact command line and environment, mapped to loopback."""

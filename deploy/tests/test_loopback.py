@@ -112,6 +112,40 @@ def require_join(keelson_bin: str, tmp_path) -> None:
                     "\"Scaling and member replacement\", says what the chart expects)")
 
 
+def test_kubernetes_expansion_rules():
+    env = {"POD_NAME": "kv-1", "A": "x"}
+    assert harness.expand("--name=$(POD_NAME)", env) == "--name=kv-1"
+    assert harness.expand("$$(POD_NAME) $(NOPE) $$", env) == "$(POD_NAME) $(NOPE) $"
+    container = {"env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                         {"name": "URL", "value": "http://$(POD_NAME).svc:2379"},
+                         {"name": "LATE", "value": "$(LATER)"}, {"name": "LATER", "value": "y"}]}
+    env = harness.resolve_env(container, harness.PodIdentity("kv-1", "db", "127.0.0.5"))
+    assert env == {"POD_NAME": "kv-1", "URL": "http://kv-1.svc:2379", "LATE": "$(LATER)", "LATER": "y"}
+
+
+def test_harness_maps_a_rendered_member_to_loopback(tmp_path):
+    """The override changes hosts, ports and mount paths only."""
+    objs = manifests(render({"replicaCount": 3}))
+    sts = one(objs, "StatefulSet")
+    cluster = LoopbackCluster(sts, workdir=tmp_path, binaries={"keelson": "/opt/keelson", "etcdctl": "/opt/etcdctl"},
+                              service_names=[FULL])
+    argv, env = cluster.resolved(1)
+    rendered = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert argv[0] == "/opt/keelson" and len(argv) == len(rendered) + 1
+    flags = dict(a[2:].split("=", 1) for a in argv[1:])
+    m = [cluster.member(i) for i in range(3)]
+    assert flags["name"] == f"{FULL}-1"
+    assert flags["initial-cluster"] == ",".join(f"{FULL}-{i}=http://{m[i].address}:{m[i].ports[2380]}" for i in range(3))
+    assert flags["listen-client-urls"] == f"http://{m[1].address}:{m[1].ports[2379]}"
+    assert flags["advertise-client-urls"] == flags["listen-client-urls"]
+    assert flags["data-dir"] == str(tmp_path / "member-1" / "volumes" / "data" / "data")
+    unchanged = [a for a, r in zip(argv[1:], rendered) if "://" not in r and "/var/lib" not in r and "$(" not in r]
+    assert unchanged == [r for r in rendered if "://" not in r and "/var/lib" not in r and "$(" not in r]
+    assert len({x.address for x in m}) == 3 and all(x.address.startswith("127.") for x in m)
+    test_argv, _ = cluster.resolved_pod(one(objs, "Pod"))
+    assert f"--endpoints={cluster.client_endpoints()}" in test_argv
+
+
 def test_one_member_runs_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
     cluster, objs = cluster_for({"replicaCount": 1}, tmp_path, keelson_bin, etcdctl_bin)
     try:
