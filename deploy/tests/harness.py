@@ -263,10 +263,19 @@ class LoopbackCluster:
         return next(c for c in containers if c["name"] == name)
 
     def rendered_ports(self) -> list[int]:
+        """Container ports, probe ports and every port in a URL of the spec (a hostNetwork pod,
+        such as kubeadm's etcd, declares none)."""
         ports = set()
         for c in self.pod_spec["containers"]:
             for p in c.get("ports", []):
                 ports.add(int(p["containerPort"]))
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                port = c.get(kind, {}).get("httpGet", {}).get("port")
+                if isinstance(port, int):
+                    ports.add(port)
+            texts = list(c.get("command", [])) + list(c.get("args", [])) + [str(e.get("value", "")) for e in c.get("env", [])]
+            for text in texts:
+                ports |= {int(m.group("port")) for m in _URL.finditer(str(text)) if m.group("port")}
         return sorted(ports)
 
     def member(self, ordinal: int) -> Member:

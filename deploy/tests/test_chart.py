@@ -288,7 +288,9 @@ def test_auto_tls():
     f = flags(member_container(objs))
     assert TLS_FLAGS & set(f) == {"--auto-tls", "--peer-auto-tls"}
     assert f["--listen-client-urls"].startswith("https://") and f["--listen-peer-urls"].startswith("https://")
-    assert "--insecure-skip-tls-verify" in one(objs, "Pod")["spec"]["containers"][0]["args"]
+    args = one(objs, "Pod")["spec"]["containers"][0]["args"]
+    assert "--insecure-skip-tls-verify" in args and "--insecure-transport=false" in args, \
+        "etcdctl 3.4 speaks plaintext to https endpoints without --insecure-transport=false"
     assert not by_kind(objs, "Certificate")
     names = {v["name"] for v in one(objs, "StatefulSet")["spec"]["template"]["spec"]["volumes"]}
     assert not names & {"client-tls", "peer-tls"}

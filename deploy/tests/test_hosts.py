@@ -211,7 +211,8 @@ def test_kubeadm_static_pod_runs_on_loopback(tmp_path, keelson_bin, etcdctl_bin)
             endpoints = f"https://{address}:{member.ports[2379]}"
             harness.etcdctl(endpoints, "put", "/registry/health", "ok", extra=tls)
         refused = harness.etcdctl(f"https://{member.address}:{member.ports[2379]}", "get", "x",
-                                  extra=[f"--cacert={ca[0]}"], check=False, timeout=30)
+                                  extra=[f"--cacert={ca[0]}", "--dial-timeout=1s", "--command-timeout=2s"],
+                                  check=False, timeout=30)
         assert refused.returncode != 0, "--client-cert-auth=true must refuse a client without a certificate"
         members = harness.member_list(f"https://{member.address}:{member.ports[2379]}", extra=tls)
         assert members[0]["name"] == "cp-1"

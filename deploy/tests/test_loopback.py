@@ -186,7 +186,7 @@ def test_tls_auto_member_runs_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
     try:
         start_ready(cluster, [0])
         endpoints = cluster.client_endpoints(scheme="https")
-        harness.etcdctl(endpoints, "put", "k", "v", extra=["--insecure-skip-tls-verify"])
+        harness.etcdctl(endpoints, "put", "k", "v", extra=["--insecure-transport=false", "--insecure-skip-tls-verify"])
         proc = cluster.run_pod(one(objs, "Pod"))
         assert proc.returncode == 0, proc.stdout + proc.stderr
     finally:

@@ -154,6 +154,7 @@ hook needs behind it; the chart tests render them with this set to "true".
 {{- define "keelson.etcdctlTLSArgs" -}}
 {{- if .Values.tls.client.enabled -}}
 {{- if eq .Values.tls.client.source "auto" -}}
+- --insecure-transport=false
 - --insecure-skip-tls-verify
 {{- else if include "keelson.etcdctlSecret" . -}}
 - --cacert=/etc/keelson/etcdctl/ca.crt
