@@ -395,8 +395,21 @@ class LoopbackCluster:
         container = pod["spec"]["containers"][0]
         identity = PodIdentity(pod["metadata"]["name"], self.namespace, f"127.{self.subnet}.2.1")
         env = resolve_env(container, identity)
-        argv = [_URL.sub(lambda m: self.rewrite_url(m, -1), a) for a in command_line(container, env)]
-        env = {k: _URL.sub(lambda m: self.rewrite_url(m, -1), v) for k, v in env.items()}
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        mounts = {}
+        for mount in container.get("volumeMounts", []):
+            secret = volumes[mount["name"]]["secret"]["secretName"]
+            assert secret in self.secret_dirs, f"secret {secret} has no local directory"
+            mounts[mount["mountPath"].rstrip("/")] = self.secret_dirs[secret]
+
+        def rewrite(text: str) -> str:
+            text = _URL.sub(lambda m: self.rewrite_url(m, -1), text)
+            for path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+                text = re.sub(rf"(?<![\w/]){re.escape(path)}(?=/|$)", str(local), text)
+            return text
+
+        argv = [rewrite(a) for a in command_line(container, env)]
+        env = {k: rewrite(v) for k, v in env.items()}
         name = os.path.basename(argv[0])
         assert name in self.binaries, f"no local binary for {argv[0]}"
         return [self.binaries[name], *argv[1:]], env

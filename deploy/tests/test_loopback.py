@@ -193,21 +193,65 @@ def test_tls_auto_member_runs_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
         cluster.close()
 
 
-def test_three_members_bootstrap_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_members_bootstrap_as_rendered(replicas, tmp_path, keelson_bin, etcdctl_bin):
+    """A new cluster as the StatefulSet starts it (Parallel): every ordinal at once with the
+    rendered --initial-cluster of headless DNS names."""
     require_clusters(keelson_bin, tmp_path)
-    cluster, objs = cluster_for({}, tmp_path, keelson_bin, etcdctl_bin)
+    cluster, objs = cluster_for({"replicaCount": replicas}, tmp_path, keelson_bin, etcdctl_bin)
     try:
         t0 = time.monotonic()
-        start_ready(cluster, range(3))
-        print(f"\nthree members: all ready {time.monotonic() - t0:.1f} s after start")
+        start_ready(cluster, range(replicas))
+        print(f"\n{replicas} members: all ready {time.monotonic() - t0:.1f} s after start")
         endpoints = cluster.client_endpoints()
-        names = sorted(m["name"] for m in harness.member_list(endpoints))
-        assert names == [f"{FULL}-{i}" for i in range(3)]
+        members = harness.member_list(endpoints)
+        assert sorted(m["name"] for m in members) == [f"{FULL}-{i}" for i in range(replicas)]
+        assert not any(m.get("isLearner") for m in members)
         harness.etcdctl(cluster.client_endpoints([0]), "put", "k", "v")
-        got = harness.etcdctl(cluster.client_endpoints([2]), "get", "k", "--print-value-only")
-        assert got.stdout.strip() == "v"
+        for i in range(replicas):
+            got = harness.etcdctl(cluster.client_endpoints([i]), "get", "k", "--print-value-only")
+            assert got.stdout.strip() == "v", f"member {i}"
         proc = cluster.run_pod(one(objs, "Pod"))
-        assert proc.returncode == 0 and proc.stdout.count("is healthy") + proc.stderr.count("is healthy") == 3, proc.stdout + proc.stderr
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and out.count("is healthy") == replicas, out
+        # A member restarted with its volume rejoins as itself.
+        old_ids = {m["name"]: m["ID"] for m in members}
+        assert cluster.stop(replicas - 1) == 0
+        start_ready(cluster, [replicas - 1])
+        assert {m["name"]: m["ID"] for m in harness.member_list(endpoints)} == old_ids
+    finally:
+        cluster.close()
+
+
+def test_tls_from_secrets_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+    """Client mTLS and peer TLS from Secrets (cert-manager's layout: tls.crt, tls.key, ca.crt),
+    three members when keelson runs clusters, else one; the helm test pod with the client Secret."""
+    replicas = 1 if harness.multi_member_refusal(keelson_bin, tmp_path) else 3
+    secrets = {name: tmp_path / "secrets" / name for name in ("kv-server", "kv-peer", "kv-client")}
+    values = {"replicaCount": replicas, "tls": {
+        "client": {"enabled": True, "source": "secret", "secretName": "kv-server", "clientSecretName": "kv-client"},
+        "peer": {"enabled": True, "source": "secret", "secretName": "kv-peer"}}}
+    cluster, objs = cluster_for(values, tmp_path, keelson_bin, etcdctl_bin, secret_dirs=secrets)
+    members = [cluster.member(i) for i in range(replicas)]
+    ips = [m.address for m in members] + [m.loopback for m in members]
+    ca = pki.ca(tmp_path / "pki", "etcd-ca")
+    for name, server, client in (("kv-server", True, True), ("kv-peer", True, True), ("kv-client", False, True)):
+        crt, key = pki.cert(tmp_path / "pki", name, ca, ips=ips if server else [], server=server, client=client)
+        secrets[name].mkdir(parents=True)
+        (secrets[name] / "tls.crt").write_bytes(crt.read_bytes())
+        (secrets[name] / "tls.key").write_bytes(key.read_bytes())
+        (secrets[name] / "ca.crt").write_bytes(ca[0].read_bytes())
+    try:
+        start_ready(cluster, range(replicas))
+        endpoints = cluster.client_endpoints(scheme="https")
+        client = [f"--cacert={ca[0]}", f"--cert={secrets['kv-client'] / 'tls.crt'}", f"--key={secrets['kv-client'] / 'tls.key'}"]
+        harness.etcdctl(endpoints, "put", "k", "v", extra=client)
+        assert [m["peerURLs"][0].split(":")[0] for m in harness.member_list(endpoints, extra=client)] == ["https"] * replicas
+        anonymous = harness.etcdctl(endpoints, "get", "k", extra=[f"--cacert={ca[0]}", "--dial-timeout=1s", "--command-timeout=2s"], check=False)
+        assert anonymous.returncode != 0, "--client-cert-auth must refuse a client without a certificate"
+        proc = cluster.run_pod(one(objs, "Pod"))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and out.count("is healthy") == replicas, out
     finally:
         cluster.close()
 
