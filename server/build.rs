@@ -1,4 +1,5 @@
-//! Compiles the etcd v3 API, keelson's raft payload and its peer protocol.
+//! Compiles the etcd v3 API, keelson's raft payload and its peer protocol, and generates the
+//! JSON gateway's mapping of etcd's messages from the same protos.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
@@ -12,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "keelson/peerpb.proto",
     ]
     .map(|f| root.join(f));
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out_dir.join("etcd_descriptors.bin");
     tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
         .build_client(true)
         .build_server(true)
         // Keys and values are `Bytes`: decoding slices the request buffer instead of copying.
@@ -20,6 +24,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Services that are not implemented yet answer `Unimplemented` by default.
         .generate_default_stubs(true)
         .compile_protos(&files, &[root])?;
+    // etcd's gateway marshals with grpc-gateway's JSONPb{OrigName: true}: the proto field
+    // names as written (`create_revision`, `ID`, `dbSize`), 64-bit integers as strings, bytes
+    // in base64, enum names, defaults omitted. pbjson generates exactly that mapping (serde
+    // impls for the prost types) from the descriptors; unknown fields are ignored, as
+    // grpc-gateway's decoder does.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3electionpb",
+            ".v3lockpb",
+        ])?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let version = std::process::Command::new(rustc)
         .arg("--version")

@@ -576,8 +576,9 @@ struct BoundListener {
 }
 
 /// gRPC (with etcd's message-limit wording and gRPC metrics) and HTTP on one router.
-fn client_router(member: &Arc<Member>) -> axum::Router {
-    let grpc = api::routes(member.clone())
+fn client_router(member: &Arc<Member>, gateway: bool) -> axum::Router {
+    let services = api::Services::new(member.clone());
+    let grpc = api::routes(&services)
         .into_axum_router()
         .layer(api::message_limit::EtcdMessageLimitLayer)
         .layer(axum::middleware::from_fn_with_state(
@@ -585,8 +586,11 @@ fn client_router(member: &Arc<Member>) -> axum::Router {
             api::learner::refuse_for_learner,
         ))
         .layer(GrpcMetricsLayer);
-    grpc.merge(crate::http::router(member.clone()))
-        .fallback(client_url_fallback)
+    let mut http = crate::http::router(member.clone());
+    if gateway {
+        http = http.merge(crate::http::gateway::router(services));
+    }
+    grpc.merge(http).fallback(client_url_fallback)
 }
 
 /// An unknown path: gRPC clients get `Unimplemented` (as grpc-go answers), anyone else Go's
@@ -627,7 +631,7 @@ async fn bind_listeners(
     member: &Arc<Member>,
     raft: &Arc<RaftNode>,
 ) -> Result<Vec<BoundListener>, BootError> {
-    let client_router = client_router(member);
+    let client_router = client_router(member, config.enable_grpc_gateway);
     let metrics_router = crate::http::router(member.clone());
     let peer_router = raft.peer_router();
     let mut bound = Vec::new();

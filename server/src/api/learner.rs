@@ -20,10 +20,15 @@ pub async fn refuse_for_learner(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if ALLOWED_FOR_LEARNER.contains(&path) || !member.raft().is_learner() {
+    if allowed_for_learner(path) || !member.raft().is_learner() {
         return next.run(request).await;
     }
     tonic::Status::from(EtcdError::NotSupportedForLearner)
         .into_http::<axum::body::Body>()
         .into_response()
+}
+
+/// Whether a learner serves this gRPC method (`/package.Service/Method`).
+pub fn allowed_for_learner(path: &str) -> bool {
+    ALLOWED_FOR_LEARNER.contains(&path)
 }

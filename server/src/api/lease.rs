@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::member::Member;
@@ -16,7 +17,8 @@ use crate::proto::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+pub type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 /// Keep-alive answers queued per stream.
 const KEEP_ALIVE_BUFFER: usize = 16;
@@ -28,6 +30,33 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(member: Arc<Member>) -> Self {
         Self { member }
+    }
+}
+
+impl LeaseService {
+    /// Serves one keep-alive stream fed by `requests`: the gRPC stream, or the gateway's JSON
+    /// body (which calls this in-process, so checks on the stream belong here).
+    pub fn keep_alive<S>(
+        &self,
+        metadata: &MetadataMap,
+        mut requests: S,
+    ) -> Result<KeepAliveStream, Status>
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        super::watch::check_leader(metadata, self.member.raft_status().leader)?;
+        let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
+        let member = self.member.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(req)) = requests.next().await {
+                let answer = member.lease_keep_alive(req.id).await.map_err(Status::from);
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
@@ -55,20 +84,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        super::watch::check_leader(request.metadata(), self.member.raft_status().leader)?;
-        let mut requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
-        let member = self.member.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(req)) = requests.next().await {
-                let answer = member.lease_keep_alive(req.id).await.map_err(Status::from);
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let (metadata, _, requests) = request.into_parts();
+        Ok(Response::new(self.keep_alive(&metadata, requests)?))
     }
 
     async fn lease_time_to_live(

@@ -3,11 +3,14 @@
 //! Thin by design: each handler validates the request as etcd does, calls the member and maps
 //! errors through `status`. Services a later piece of work implements answer `Unimplemented`.
 
-mod cluster;
-mod kv;
+pub mod cluster;
+pub mod election;
+pub mod health;
+pub mod kv;
 pub mod learner;
-mod lease;
-mod maintenance;
+pub mod lease;
+pub mod lock;
+pub mod maintenance;
 pub mod message_limit;
 pub mod status;
 pub mod validate;
@@ -24,9 +27,13 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use cluster::ClusterService;
+use election::ElectionService;
 use kv::KvService;
 use lease::LeaseService;
+use lock::LockService;
 use maintenance::MaintenanceService;
 use watch::WatchService;
 
@@ -34,13 +41,51 @@ use watch::WatchService;
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// Answers every RPC of a service with `Unimplemented` until that service is built.
-struct NotYetImplemented;
+pub struct NotYetImplemented;
 
 impl Auth for NotYetImplemented {}
 
-/// Every etcd gRPC service, sized as etcd sizes its messages.
-pub fn routes(member: Arc<Member>) -> Routes {
-    let max_recv = member.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
+/// The implementation of etcdserverpb.Auth that gRPC and the gateway call.
+pub type AuthService = NotYetImplemented;
+
+fn auth_service(_member: &Arc<Member>) -> AuthService {
+    NotYetImplemented
+}
+
+/// One instance of every etcd service, shared by the gRPC routes and the JSON gateway, which
+/// calls the same methods in-process (validation, errors and auth are the services' own).
+#[derive(Clone)]
+pub struct Services {
+    pub member: Arc<Member>,
+    pub kv: Arc<KvService>,
+    pub watch: Arc<WatchService>,
+    pub lease: Arc<LeaseService>,
+    pub cluster: Arc<ClusterService>,
+    pub maintenance: Arc<MaintenanceService>,
+    pub auth: Arc<AuthService>,
+    pub lock: Arc<LockService>,
+    pub election: Arc<ElectionService>,
+}
+
+impl Services {
+    pub fn new(member: Arc<Member>) -> Self {
+        Self {
+            kv: Arc::new(KvService::new(member.clone())),
+            watch: Arc::new(WatchService::new(member.clone())),
+            lease: Arc::new(LeaseService::new(member.clone())),
+            cluster: Arc::new(ClusterService::new(member.clone())),
+            maintenance: Arc::new(MaintenanceService::new(member.clone())),
+            auth: Arc::new(auth_service(&member)),
+            lock: Arc::new(LockService::new(member.clone())),
+            election: Arc::new(ElectionService::new(member.clone())),
+            member,
+        }
+    }
+}
+
+/// Every etcd gRPC service and grpc.health.v1, sized as etcd sizes its messages.
+pub fn routes(services: &Services) -> Routes {
+    let max_recv = services.member.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     // etcd does not cap what it sends (math.MaxInt32); neither do we.
     let max_send = i32::MAX as usize;
     macro_rules! sized {
@@ -50,14 +95,15 @@ pub fn routes(member: Arc<Member>) -> Routes {
                 .max_encoding_message_size(max_send)
         };
     }
-    Routes::new(sized!(KvServer::new(KvService::new(member.clone()))))
-        .add_service(sized!(WatchServer::new(WatchService::new(member.clone()))))
-        .add_service(sized!(LeaseServer::new(LeaseService::new(member.clone()))))
-        .add_service(sized!(ClusterServer::new(ClusterService::new(
-            member.clone()
-        ))))
-        .add_service(sized!(MaintenanceServer::new(MaintenanceService::new(
-            member
-        ))))
-        .add_service(sized!(AuthServer::new(NotYetImplemented)))
+    Routes::new(sized!(KvServer::from_arc(services.kv.clone())))
+        .add_service(sized!(WatchServer::from_arc(services.watch.clone())))
+        .add_service(sized!(LeaseServer::from_arc(services.lease.clone())))
+        .add_service(sized!(ClusterServer::from_arc(services.cluster.clone())))
+        .add_service(sized!(MaintenanceServer::from_arc(
+            services.maintenance.clone()
+        )))
+        .add_service(sized!(AuthServer::from_arc(services.auth.clone())))
+        .add_service(sized!(LockServer::from_arc(services.lock.clone())))
+        .add_service(sized!(ElectionServer::from_arc(services.election.clone())))
+        .add_service(health::service(&services.member))
 }

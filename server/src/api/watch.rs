@@ -20,7 +20,7 @@ use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 /// Responses queued between the hub's stream and the gRPC transport.
 const OUTGOING_BUFFER: usize = 16;
@@ -52,14 +52,14 @@ pub fn check_leader(metadata: &MetadataMap, leader: Option<u64>) -> Result<bool,
     Ok(needs_leader)
 }
 
-#[tonic::async_trait]
-impl Watch for WatchService {
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let needs_leader = check_leader(request.metadata(), self.member.raft_status().leader)?;
-        let requests = request.into_inner();
+impl WatchService {
+    /// Serves one watch stream fed by `requests`: the gRPC stream, or the gateway's JSON body
+    /// (which calls this in-process, so checks on the stream belong here).
+    pub fn open<S>(&self, metadata: &MetadataMap, requests: S) -> Result<ResponseStream, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        let needs_leader = check_leader(metadata, self.member.raft_status().leader)?;
         let (stream, messages) = self.member.store().watch_hub().open_stream();
         tokio::spawn(read_requests(requests, stream));
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
@@ -69,12 +69,26 @@ impl Watch for WatchService {
             out_tx,
             needs_leader,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Box::pin(ReceiverStream::new(out_rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let (metadata, _, requests) = request.into_parts();
+        Ok(Response::new(self.open(&metadata, requests)?))
     }
 }
 
 /// Turns the client's requests into hub calls until the client stops sending.
-async fn read_requests(mut requests: Streaming<WatchRequest>, stream: WatchStream) {
+async fn read_requests<S>(mut requests: S, stream: WatchStream)
+where
+    S: Stream<Item = Result<WatchRequest, Status>> + Unpin,
+{
     while let Some(Ok(request)) = requests.next().await {
         let outcome = match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => stream.watch(spec_of(create)).await,

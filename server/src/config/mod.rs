@@ -79,7 +79,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("max-concurrent-streams", Value, "4294967295", "Maximum concurrent streams that each client can open at a time.", Ignored("streams are not limited")),
     flag("listen-peer-urls", Value, "http://localhost:2380", "List of URLs to listen on for peer traffic.", Supported),
     flag("listen-client-urls", Value, "http://localhost:2379", "List of URLs to listen on for client traffic.", Supported),
-    flag("listen-client-http-urls", Value, "", "List of URLs to listen on for http only client traffic.", Refused("the HTTP gateway is not supported yet")),
+    flag("listen-client-http-urls", Value, "", "List of URLs to listen on for http only client traffic.", Refused("separate HTTP-only client URLs are not supported; the gateway and the HTTP endpoints are served on --listen-client-urls")),
     flag("listen-metrics-urls", Value, "", "List of URLs to listen on for the metrics and health endpoints.", Supported),
     flag("initial-advertise-peer-urls", Value, "http://localhost:2380", "List of this member's peer URLs to advertise to the rest of the cluster.", Supported),
     flag("initial-cluster", Value, "default=http://localhost:2380", "Initial cluster configuration for bootstrapping.", Supported),
@@ -115,7 +115,7 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("auto-compaction-mode", Value, "periodic", "Interpret 'auto-compaction-retention' one of: periodic|revision.", Supported),
     flag("enable-pprof", Bool, "false", "Enable runtime profiling data via HTTP server.", Ignored("keelson has no Go runtime to profile")),
     flag("metrics", Value, "basic", "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics.", Supported),
-    flag("enable-grpc-gateway", Bool, "true", "Enable GRPC gateway.", Ignored("the JSON gateway is not served yet")),
+    flag("enable-grpc-gateway", Bool, "true", "Enable GRPC gateway.", Supported),
     flag("experimental-initial-corrupt-check", Bool, "false", "Enable to check data corruption before serving any client/peer traffic.", Ignored("a single member has no peer to compare with")),
     flag("experimental-corrupt-check-time", Value, "0s", "Duration of time between cluster corruption check passes.", Ignored("a single member has no peer to compare with")),
     flag("experimental-watch-progress-notify-interval", Value, "10m", "Duration of periodic watch progress notifications.", Supported),
@@ -164,6 +164,8 @@ pub struct Config {
     pub listen_metrics_urls: Vec<ListenUrl>,
     /// `--metrics extensive` adds gRPC latency histograms.
     pub extensive_metrics: bool,
+    /// Serve etcd's JSON gateway (`/v3/...`) on the client URLs.
+    pub enable_grpc_gateway: bool,
     pub client_tls: TlsSettings,
     pub peer_tls: TlsSettings,
     /// Messages for the log once logging is up (environment warnings, ignored flags).
@@ -398,6 +400,7 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         auto_compaction: auto_compaction(v)?,
         listen_metrics_urls,
         extensive_metrics: metrics_level == "extensive",
+        enable_grpc_gateway: v.bool("enable-grpc-gateway")?,
         client_tls,
         peer_tls,
         notices,

@@ -20,6 +20,8 @@ use crate::version::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 const LIVEZ_CHECKS: &[&str] = &["serializable_read"];
 const READYZ_CHECKS: &[&str] = &["data_corruption", "serializable_read", "linearizable_read"];
 
+pub mod gateway;
+
 pub fn router(member: Arc<Member>) -> Router {
     let mut router = Router::new()
         .route("/metrics", any(metrics))

@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod applier;
 pub mod auto_compaction;
 mod cluster;
+pub mod concurrency;
 pub mod identity;
 pub mod ids;
 mod leases;
