@@ -19,14 +19,19 @@ const STEP: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(20);
 
 async fn grant(client: &mut Client, ttl: i64) -> i64 {
-    client.lease_grant(ttl, None).await.expect("lease grant").id()
+    client
+        .lease_grant(ttl, None)
+        .await
+        .expect("lease grant")
+        .id()
 }
 
 /// The keys under `<name>/`, oldest first.
 async fn contenders(client: &mut Client, name: &str) -> Vec<String> {
-    let options = GetOptions::new()
-        .with_prefix()
-        .with_sort(etcd_client::SortTarget::Create, etcd_client::SortOrder::Ascend);
+    let options = GetOptions::new().with_prefix().with_sort(
+        etcd_client::SortTarget::Create,
+        etcd_client::SortOrder::Ascend,
+    );
     let resp = client
         .get(format!("{name}/"), Some(options))
         .await
@@ -165,7 +170,10 @@ async fn lock_errors_and_the_default_session_are_etcds() {
         LEASE_NOT_FOUND,
     );
     // Without a lease, the server makes a session of its own: a 60 s lease nobody renews.
-    let resp = client.lock("errors", None).await.expect("lock without lease");
+    let resp = client
+        .lock("errors", None)
+        .await
+        .expect("lock without lease");
     let key = String::from_utf8_lossy(resp.key()).into_owned();
     let hex = key.strip_prefix("errors/").expect("key under the name");
     let lease = i64::from_str_radix(hex, 16).expect("a lease ID in hex");
@@ -274,20 +282,32 @@ async fn campaign_proclaim_observe_leader_and_resign() {
         "election: no leader",
     );
     let lease_a = grant(&mut client, 60).await;
-    let won = client.campaign("vote", "a1", lease_a).await.expect("campaign");
+    let won = client
+        .campaign("vote", "a1", lease_a)
+        .await
+        .expect("campaign");
     let leader_a = won.leader().expect("leader key").clone();
     assert_eq!(leader_a.key(), lease_key("vote", lease_a).as_bytes());
     assert_eq!(leader_a.lease(), lease_a);
     assert_eq!(leader_a.name(), b"vote");
     // Opened once there is a leader: etcd answers an Observe call only with its first message,
     // and the client waits for that answer before it returns the stream.
-    let mut observer = server.client().await.observe("vote").await.expect("observe");
+    let mut observer = server
+        .client()
+        .await
+        .observe("vote")
+        .await
+        .expect("observe");
     assert_eq!(next_observed(&mut observer).await, "a1");
 
     let lease_b = grant(&mut client, 60).await;
     let mut other = server.client().await;
-    let candidate =
-        tokio::spawn(async move { other.campaign("vote", "b1", lease_b).await.expect("campaign") });
+    let candidate = tokio::spawn(async move {
+        other
+            .campaign("vote", "b1", lease_b)
+            .await
+            .expect("campaign")
+    });
     wait_for_contenders(&mut client, "vote", 2).await;
 
     client
@@ -338,7 +358,10 @@ async fn etcdctl_elect_and_the_election_service_see_the_same_leader() {
     let server = Server::start_default().await;
     let mut client = server.client().await;
     let lease = grant(&mut client, 60).await;
-    let won = client.campaign("mixed", "svc", lease).await.expect("campaign");
+    let won = client
+        .campaign("mixed", "svc", lease)
+        .await
+        .expect("campaign");
     let leader = won.leader().expect("leader key").clone();
 
     let mut listener = Etcdctl::spawn(&server, &["elect", "-l", "mixed"]);

@@ -562,7 +562,8 @@ fn text_response(status: StatusCode, text: &'static str) -> Response {
 }
 
 fn not_found() -> Response {
-    text_response(StatusCode::NOT_FOUND, "404 page not found\n")
+    // grpc-gateway's answer for a path under /v3/ it has no route for.
+    text_response(StatusCode::NOT_FOUND, "Not Found\n")
 }
 
 fn method_not_allowed() -> Response {
