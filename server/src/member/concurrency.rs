@@ -138,7 +138,7 @@ fn range_of(resp: &TxnResponse, index: usize) -> Option<&RangeResponse> {
 }
 
 fn header_of(resp: &TxnResponse) -> ResponseHeader {
-    resp.header.clone().unwrap_or_default()
+    resp.header.unwrap_or_default()
 }
 
 /// What to undo if a waiting request goes away (its client cancelled or disconnected): the Go
@@ -285,7 +285,6 @@ impl Member {
                 compare: vec![created_at(&key, 0)],
                 success: vec![op(put(&key, value.clone(), lease))],
                 failure: vec![op(Op::RequestRange(get(&key)))],
-                ..Default::default()
             })
             .await?;
         let header = header_of(&resp);
