@@ -9,6 +9,8 @@ if [ "${1:-}" = "--test" ]; then
   # alert rules); jsonnet: compiles the etcd mixin shipped in etcd-server's docs.
   # openssl: offers single TLS cipher suites in the TLS tests.
   packages+=(etcd-server etcd-client prometheus jsonnet openssl)
+  # python3-etcd3gw: a real client of the JSON gateway (compat-tests/tests/gateway_clients.rs).
+  packages+=(python3-etcd3gw)
   # The deploy tests (make deploy-test): a Python venv for Helm's SDK, kubernetes-validate and
   # hadolint (scripts/install-deploy-tools.sh), systemd-analyze for the unit file.
   packages+=(python3 python3-venv systemd)

@@ -1,0 +1,49 @@
+//! Real gateway clients doing their normal work: Debian's python3-etcd3gw (the OpenStack
+//! client of etcd's JSON gateway) runs `scripts/etcd3gw_workout.py` against the member.
+
+use std::time::Duration;
+
+use compat_tests::Server;
+use tokio::process::Command;
+
+/// The whole workout; each step inside it is bounded by the script's own timeouts.
+const WORKOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Debian's interpreter, which sees Debian's python3-etcd3gw (installed by
+/// `scripts/install-deps.sh --test`).
+const PYTHON: &str = "/usr/bin/python3";
+
+async fn workout(server: &Server, api_path: &str) {
+    let address = server.client_address();
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/etcd3gw_workout.py");
+    let output = tokio::time::timeout(
+        WORKOUT_TIMEOUT,
+        Command::new(PYTHON)
+            .args([script, host, port, api_path])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the etcd3gw workout should finish in time")
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("workout done"),
+        "etcd3gw workout on {api_path} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+}
+
+#[tokio::test]
+async fn etcd3gw_does_its_normal_work() {
+    let server = Server::start_default().await;
+    workout(&server, "/v3/").await;
+}
+
+#[tokio::test]
+async fn etcd3gw_works_on_the_v3beta_alias_too() {
+    let server = Server::start_default().await;
+    workout(&server, "/v3beta/").await;
+}
