@@ -383,3 +383,40 @@ async fn etcdctl_elect_and_the_election_service_see_the_same_leader() {
     candidate.interrupt().await;
     listener.interrupt().await;
 }
+
+#[tokio::test]
+async fn lock_and_election_work_across_the_members_of_a_cluster() {
+    let cluster = compat_tests::Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut on_a = cluster.member_client(a).await;
+    let mut on_b = cluster.member_client(b).await;
+    let lease_a = grant(&mut on_a, 60).await;
+    let held = on_a
+        .lock("spread", Some(LockOptions::new().with_lease(lease_a)))
+        .await
+        .expect("lock on one follower");
+    let lease_b = grant(&mut on_b, 60).await;
+    let mut waiter_client = cluster.member_client(b).await;
+    let waiter = tokio::spawn(async move {
+        let resp = waiter_client
+            .lock("spread", Some(LockOptions::new().with_lease(lease_b)))
+            .await
+            .expect("lock on the other follower");
+        String::from_utf8_lossy(resp.key()).into_owned()
+    });
+    wait_for_contenders(&mut on_a, "spread", 2).await;
+    assert!(!waiter.is_finished());
+    on_a.unlock(held.key()).await.expect("unlock");
+    assert_eq!(finished(waiter).await, lease_key("spread", lease_b));
+
+    // The leader, asked through a third member, is the campaign's on another one.
+    let won = on_b
+        .campaign("spread-vote", "b", lease_b)
+        .await
+        .expect("campaign");
+    assert!(won.leader().is_some());
+    let mut on_leader = cluster.member_client(leader).await;
+    let seen = on_leader.leader("spread-vote").await.expect("leader");
+    assert_eq!(seen.kv().map(|kv| kv.value()), Some(&b"b"[..]));
+}
