@@ -1,5 +1,8 @@
 //! HTTP next to gRPC: `/metrics`, `/health`, `/livez`, `/readyz` and `/version`, answering as
-//! etcd 3.5 does (kubeadm probes `/livez` and `/readyz`; dashboards scrape `/metrics`).
+//! etcd 3.5 does (kubeadm probes `/livez` and `/readyz`; dashboards scrape `/metrics`); and,
+//! on the client URLs, etcd's JSON gateway (`gateway`).
+
+pub mod gateway;
 
 use std::sync::Arc;
 
@@ -19,8 +22,6 @@ use crate::version::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 /// The checks of `/livez` and `/readyz`, in the order they are reported.
 const LIVEZ_CHECKS: &[&str] = &["serializable_read"];
 const READYZ_CHECKS: &[&str] = &["data_corruption", "serializable_read", "linearizable_read"];
-
-pub mod gateway;
 
 pub fn router(member: Arc<Member>) -> Router {
     let mut router = Router::new()
