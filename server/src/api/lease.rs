@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::member::Member;
@@ -34,17 +33,15 @@ impl LeaseService {
 }
 
 impl LeaseService {
-    /// Serves one keep-alive stream fed by `requests`: the gRPC stream, or the gateway's JSON
-    /// body (which calls this in-process, so checks on the stream belong here).
-    pub fn keep_alive<S>(
-        &self,
-        metadata: &MetadataMap,
-        mut requests: S,
-    ) -> Result<KeepAliveStream, Status>
+    /// Serves one keep-alive stream whose requests come from `request`: the gRPC stream, or
+    /// the gateway's JSON body (the gateway calls this in-process, so checks on the stream and
+    /// its metadata belong here).
+    pub fn keep_alive<S>(&self, request: Request<S>) -> Result<KeepAliveStream, Status>
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
-        super::watch::check_leader(metadata, self.member.raft_status().leader)?;
+        super::watch::check_leader(request.metadata(), self.member.raft_status().leader)?;
+        let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
         let member = self.member.clone();
         tokio::spawn(async move {
@@ -84,8 +81,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        let (metadata, _, requests) = request.into_parts();
-        Ok(Response::new(self.keep_alive(&metadata, requests)?))
+        Ok(Response::new(self.keep_alive(request)?))
     }
 
     async fn lease_time_to_live(

@@ -53,13 +53,15 @@ pub fn check_leader(metadata: &MetadataMap, leader: Option<u64>) -> Result<bool,
 }
 
 impl WatchService {
-    /// Serves one watch stream fed by `requests`: the gRPC stream, or the gateway's JSON body
-    /// (which calls this in-process, so checks on the stream belong here).
-    pub fn open<S>(&self, metadata: &MetadataMap, requests: S) -> Result<ResponseStream, Status>
+    /// Serves one watch stream whose requests come from `request`: the gRPC stream, or the
+    /// gateway's JSON body (the gateway calls this in-process, so checks on the stream and its
+    /// metadata belong here).
+    pub fn open<S>(&self, request: Request<S>) -> Result<ResponseStream, Status>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
-        let needs_leader = check_leader(metadata, self.member.raft_status().leader)?;
+        let needs_leader = check_leader(request.metadata(), self.member.raft_status().leader)?;
+        let requests = request.into_inner();
         let (stream, messages) = self.member.store().watch_hub().open_stream();
         tokio::spawn(read_requests(requests, stream));
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
@@ -79,8 +81,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let (metadata, _, requests) = request.into_parts();
-        Ok(Response::new(self.open(&metadata, requests)?))
+        Ok(Response::new(self.open(request)?))
     }
 }
 

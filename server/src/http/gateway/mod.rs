@@ -261,7 +261,9 @@ async fn serve(services: Services, route: Route, request: Request) -> Response {
                     Ok(opened) => opened,
                     Err(status) => return error_response(&status),
                 };
-            match services.watch.open(&metadata, requests) {
+            let request =
+                tonic::Request::from_parts(metadata, tonic::Extensions::default(), requests);
+            match services.watch.open(request) {
                 Ok(responses) => stream_response(responses, Some(closed)).await,
                 Err(status) => error_response(&status),
             }
@@ -277,7 +279,9 @@ async fn serve(services: Services, route: Route, request: Request) -> Response {
                 Ok(opened) => opened,
                 Err(status) => return error_response(&status),
             };
-            match services.lease.keep_alive(&metadata, requests) {
+            let request =
+                tonic::Request::from_parts(metadata, tonic::Extensions::default(), requests);
+            match services.lease.keep_alive(request) {
                 Ok(responses) => stream_response(responses, Some(closed)).await,
                 Err(status) => error_response(&status),
             }
