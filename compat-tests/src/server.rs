@@ -171,6 +171,8 @@ pub struct ServerOptions {
     /// `--config-file` (then `extra_args`). Placeholders: `{name}`, `{data_dir}`,
     /// `{client_url}`, `{peer_url}`, `{dir}` (the member's temporary directory).
     pub config_file_template: Option<String>,
+    /// `Some`: the member's `--data-dir` (prepared by the test); `None`: `<its dir>/data`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -186,7 +188,14 @@ impl ServerOptions {
             peer_https: false,
             env: Vec::new(),
             config_file_template: None,
+            data_dir: None,
         }
+    }
+
+    /// Use `dir` as the data dir (a test prepares its content before the start).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     /// Serve the client URL over https, reached by the harness with `tls`.
@@ -385,7 +394,10 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     /// The process ID while it runs.

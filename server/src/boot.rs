@@ -34,6 +34,8 @@ fn request_timeout(config: &Config) -> Duration {
 pub enum BootError {
     #[error("cannot use data dir {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Ownership(#[from] crate::storage::ownership::OwnershipError),
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("cannot start raft: {0}")]
@@ -127,9 +129,15 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         tracing::warn!("{notice}");
     }
     let member_dir = config.data_dir.join("member");
+    // Before anything is created or changed: a dir keelson does not own stays untouched.
+    crate::storage::ownership::claim(&config.data_dir, config.wal_dir.as_deref())?;
     prepare_data_dir(&config.data_dir)?;
-    let storage = Storage::open_with_observer(&member_dir.join("db"), Arc::new(DiskMetrics))
-        .map_err(|e| BootError::Store(e.to_string()))?;
+    let storage = Storage::open_with_wal_dir(
+        &member_dir.join("db"),
+        config.wal_dir.as_deref(),
+        Arc::new(DiskMetrics),
+    )
+    .map_err(|e| BootError::Store(e.to_string()))?;
     let ident = load_or_create_identity(&storage, &config)?;
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
     store

@@ -4,6 +4,7 @@
 //! orders the raft log, the raft vote and the state machine: a crash recovers a prefix of all
 //! writes, which keeps the applied index consistent with the data it describes.
 
+pub mod ownership;
 mod syncer;
 
 use std::path::{Path, PathBuf};
@@ -130,8 +131,23 @@ impl Storage {
     }
 
     pub fn open_with_observer(dir: &Path, observer: Arc<dyn DiskObserver>) -> Result<Arc<Self>> {
+        Self::open_with_wal_dir(dir, None, observer)
+    }
+
+    /// Opens the database under `dir` with its write-ahead log in `wal_dir` (etcd's
+    /// `--wal-dir`: the log on a disk of its own), or inside `dir` when `None`. A store must
+    /// always be opened with the same WAL dir (storage::ownership checks it).
+    pub fn open_with_wal_dir(
+        dir: &Path,
+        wal_dir: Option<&Path>,
+        observer: Arc<dyn DiskObserver>,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let mut db_opts = Options::default();
+        if let Some(wal_dir) = wal_dir {
+            std::fs::create_dir_all(wal_dir)?;
+            db_opts.set_wal_dir(wal_dir);
+        }
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
