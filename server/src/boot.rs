@@ -417,10 +417,12 @@ fn start_metrics(config: &Config, member: &Arc<Member>) {
             last_leader = raft.leader;
             METRICS.has_leader.set(i64::from(raft.leader.is_some()));
             METRICS.is_leader.set(i64::from(raft.is_leader));
+            METRICS.is_learner.set(i64::from(member.is_learner()));
             METRICS.proposals_committed.set(raft.commit_index as i64);
             METRICS.proposals_applied.set(raft.applied_index as i64);
             let store = member.store();
             METRICS.current_revision.set(store.current_revision());
+            METRICS.keys_total.set(store.keys_total());
             METRICS.compact_revision.set(store.compacted_revision());
             let (streams, watchers, slow) = store.watch_hub().counts();
             METRICS.watch_streams.set(streams as i64);
