@@ -333,14 +333,12 @@ impl Server {
         &self.options.name
     }
 
-    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it; with an https client
-    /// URL ([`ServerOptions::tls`]), the whole `https://127.0.0.1:<port>`.
+    /// The endpoint the harness gives etcdctl and the etcd-client crate: the client URL with
+    /// its scheme (`http://127.0.0.1:<port>` or `https://...`), as runbooks write it. etcdctl
+    /// 3.4 sends it whole as the HTTP/2 `:authority` of per-endpoint calls, which a server
+    /// must accept (etcdctl_endpoints.rs covers the bare `127.0.0.1:<port>` form).
     pub fn endpoint(&self) -> String {
-        if self.options.client_tls.is_some() {
-            self.client_url()
-        } else {
-            format!("127.0.0.1:{}", self.client_port)
-        }
+        self.client_url()
     }
 
     pub fn client_url(&self) -> String {
