@@ -36,6 +36,8 @@ fn request_timeout(config: &Config) -> Duration {
 pub enum BootError {
     #[error("cannot use data dir {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Ownership(#[from] crate::storage::ownership::OwnershipError),
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("cannot start raft: {0}")]
@@ -304,9 +306,15 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         tracing::warn!("{notice}");
     }
     let member_dir = config.data_dir.join("member");
+    // Before anything is created or changed: a dir keelson does not own stays untouched.
+    crate::storage::ownership::claim(&config.data_dir, config.wal_dir.as_deref())?;
     prepare_data_dir(&config.data_dir)?;
-    let storage = Storage::open_with_observer(&member_dir.join("db"), Arc::new(DiskMetrics))
-        .map_err(|e| BootError::Store(e.to_string()))?;
+    let storage = Storage::open_with_wal_dir(
+        &member_dir.join("db"),
+        config.wal_dir.as_deref(),
+        Arc::new(DiskMetrics),
+    )
+    .map_err(|e| BootError::Store(e.to_string()))?;
     let peer_tls = peer_client_tls(&config)?;
     let (ident, first_start) =
         load_or_create_identity(&storage, &config, peer_tls.as_ref()).await?;
@@ -740,6 +748,7 @@ fn start_metrics(config: &Config, member: &Arc<Member>) {
             METRICS.proposals_applied.set(raft.applied_index as i64);
             let store = member.store();
             METRICS.current_revision.set(store.current_revision());
+            METRICS.keys_total.set(store.keys_total());
             METRICS.compact_revision.set(store.compacted_revision());
             let (streams, watchers, slow) = store.watch_hub().counts();
             METRICS.watch_streams.set(streams as i64);

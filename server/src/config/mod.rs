@@ -60,7 +60,7 @@ const FORCE_NEW_CLUSTER: &str =
 pub const FLAGS: &[FlagSpec] = &[
     flag("name", Value, "default", "Human-readable name for this member.", Supported),
     flag("data-dir", Value, "${name}.etcd", "Path to the data directory.", Supported),
-    flag("wal-dir", Value, "", "Path to a dedicated WAL directory.", Refused("keelson keeps its log inside --data-dir")),
+    flag("wal-dir", Value, "", "Path to a dedicated WAL directory.", Supported),
     flag("snapshot-count", Value, "10000", "Number of committed entries that trigger a snapshot and a log purge.", Supported),
     flag("max-snapshots", Value, "5", "Maximum snapshot files to retain.", Ignored("keelson keeps exactly one snapshot")),
     flag("max-wals", Value, "5", "Maximum WAL files to retain.", Ignored("the log is purged after each snapshot")),
@@ -142,6 +142,9 @@ pub enum ClusterState {
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`: RocksDB's write-ahead log in a directory of its own; `None` = inside the
+    /// store under `--data-dir`.
+    pub wal_dir: Option<PathBuf>,
     pub listen_client_urls: Vec<ListenUrl>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<ListenUrl>,
@@ -371,9 +374,13 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
     if max_txn_ops == 0 {
         return Err(invalid("max-txn-ops", "0", "must be positive"));
     }
+    let wal_dir = Some(v.string("wal-dir"))
+        .filter(|w| !w.is_empty())
+        .map(PathBuf::from);
     Ok(Config {
         name,
         data_dir,
+        wal_dir,
         listen_client_urls,
         advertise_client_urls,
         listen_peer_urls,
