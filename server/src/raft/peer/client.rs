@@ -458,18 +458,23 @@ impl RaftPeer {
     {
         let message = wire::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.message()))))?;
-        let client = self
-            .pool
-            .client(self.target, &self.urls)
-            .map_err(|e| self.rpc_error(e))?;
+        let client = self.pool.client(self.target, &self.urls).map_err(|e| {
+            self.set_active(false);
+            self.rpc_error(e)
+        })?;
         self.pool.count_sent(self.target, message.payload.len());
         let started = Instant::now();
         let answer = unary(option.soft_ttl(), call(client, self.pool.request(message))).await;
         let answer = match answer {
             Ok(answer) => answer,
             Err(status) => {
-                self.set_active(false);
-                return Err(self.rpc_error(self.pool.call_error(self.target, status)));
+                let error = self.pool.call_error(self.target, status);
+                // As etcd's transport: a member stops counting as connected when the
+                // connection fails, not when one call is slow.
+                if matches!(error, PeerCallError::NotSent(_)) {
+                    self.set_active(false);
+                }
+                return Err(self.rpc_error(error));
             }
         };
         self.set_active(true);
