@@ -8,6 +8,7 @@ mod cluster;
 mod db_size;
 pub mod identity;
 pub mod ids;
+pub mod join;
 mod leases;
 pub mod membership;
 pub mod quota;
