@@ -361,10 +361,15 @@ impl Member {
     /// Rewrites the store's files without superseded data. Unlike etcd's, this does not stop
     /// the member: RocksDB compacts in the background while reads and writes go on.
     pub async fn defragment(&self) -> EtcdResult<()> {
+        let started = std::time::Instant::now();
         self.read_locally(|store| {
             store.storage().compact_all();
             Ok(())
         })
-        .await
+        .await?;
+        METRICS
+            .backend_defrag_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 }
