@@ -523,7 +523,7 @@ async fn run_server(
         server.endpoint(),
         server.pid()
     );
-    let meter = CpuMeter::start(server.pid());
+    let meter = CpuMeter::start(server.pid().as_slice());
     for scenario in list {
         let report = scenario.run(&server.endpoint(), args.time_scale).await;
         eprintln!(
