@@ -14,6 +14,9 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(etcd-server etcd-client prometheus jsonnet openssl)
   # python3-etcd3gw: a real client of the JSON gateway (compat-tests/tests/gateway_clients.rs).
   packages+=(python3-etcd3gw)
+  # patroni and postgresql: real Patroni (its etcd3 DCS) running PostgreSQL through the gateway
+  # (compat-tests/tests/gateway_clients.rs).
+  packages+=(patroni postgresql)
   # The deploy tests (make deploy-test): a Python venv for Helm's SDK, kubernetes-validate and
   # hadolint (scripts/install-deploy-tools.sh), systemd-analyze for the unit file.
   packages+=(python3 python3-venv systemd)

@@ -1,5 +1,7 @@
 //! Real gateway clients doing their normal work: Debian's python3-etcd3gw (the OpenStack
-//! client of etcd's JSON gateway) runs `scripts/etcd3gw_workout.py` against the member.
+//! client of etcd's JSON gateway) runs `scripts/etcd3gw_workout.py` against the member, and
+//! Debian's Patroni (its etcd3 DCS speaks the gateway) runs two PostgreSQL members through a
+//! bootstrap, a switchover and a failover in `scripts/patroni_failover.py`.
 
 use std::time::Duration;
 
@@ -8,6 +10,11 @@ use tokio::process::Command;
 
 /// The whole workout; each step inside it is bounded by the script's own timeouts.
 const WORKOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The Patroni run's own deadline: the script stops its Patroni and PostgreSQL processes and
+/// exits before it, so the harder timeout below never leaves them behind.
+const PATRONI_DEADLINE: Duration = Duration::from_secs(240);
+const PATRONI_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Debian's interpreter, which sees Debian's python3-etcd3gw (installed by
 /// `scripts/install-deps.sh --test`).
@@ -46,4 +53,36 @@ async fn etcd3gw_does_its_normal_work() {
 async fn etcd3gw_works_on_the_v3beta_alias_too() {
     let server = Server::start_default().await;
     workout(&server, "/v3beta/").await;
+}
+
+#[tokio::test]
+async fn patroni_bootstraps_switches_over_and_fails_over() {
+    let server = Server::start_default().await;
+    let address = server.client_address();
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let work = tempfile::Builder::new()
+        .prefix("patroni-")
+        .tempdir()
+        .expect("a work directory");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/patroni_failover.py");
+    let deadline = PATRONI_DEADLINE.as_secs().to_string();
+    let work_dir = work.path().to_str().expect("a UTF-8 temporary path");
+    let output = tokio::time::timeout(
+        PATRONI_TIMEOUT,
+        Command::new(PYTHON)
+            .args([script, host, port, work_dir, deadline.as_str()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Patroni run should finish in time")
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("patroni done"),
+        "Patroni against {} failed ({}):\n{stdout}\n{stderr}",
+        server.kind().name(),
+        output.status
+    );
 }
