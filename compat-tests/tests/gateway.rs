@@ -120,6 +120,9 @@ enum Check {
     MemberList,
     /// Status only; the bodies hold what differs by design (version, sizes).
     Status,
+    /// The bodies as JSON without their headers: etcd 3.4 sends none (Alarm), keelson fills
+    /// it as etcd 3.5 does.
+    WithoutHeader,
     /// Exact, unless keelson answers Unimplemented (before auth exists).
     Auth,
 }
@@ -281,6 +284,34 @@ const STEPS: &[(&str, &str, Check)] = &[
     ("/v3/kv/nothing", "{}", Check::Exact),
     ("/v3/cluster/member/list", "{}", Check::MemberList),
     ("/v3/maintenance/status", "{}", Check::Status),
+    (
+        "/v3/maintenance/alarm",
+        r#"{"action":"GET"}"#,
+        Check::WithoutHeader,
+    ),
+    (
+        "/v3/maintenance/alarm",
+        r#"{"action":"DEACTIVATE","memberID":"0","alarm":"NOSPACE"}"#,
+        Check::WithoutHeader,
+    ),
+    ("/v3/maintenance/defragment", "{}", Check::Exact),
+    (
+        "/v3/maintenance/transfer-leadership",
+        r#"{"targetID":"1"}"#,
+        Check::Exact,
+    ),
+    (
+        "/v3/cluster/member/update",
+        r#"{"ID":"1","peerURLs":["http://127.0.0.1:1"]}"#,
+        Check::Exact,
+    ),
+    ("/v3/cluster/member/remove", r#"{"ID":"1"}"#, Check::Exact),
+    ("/v3/cluster/member/promote", r#"{"ID":"1"}"#, Check::Exact),
+    (
+        "/v3/cluster/member/add",
+        r#"{"peerURLs":["no-scheme"]}"#,
+        Check::Exact,
+    ),
     ("/v3/auth/user/list", "{}", Check::Auth),
     (
         "/v3/auth/authenticate",
@@ -343,6 +374,14 @@ async fn every_route_answers_as_etcds_gateway() {
                     .blank("ID")
                     .blank("peerURLs")
                     .blank("clientURLs");
+                let (want, got) = (
+                    normalizer.apply(&as_json(&what, &want_text)),
+                    normalizer.apply(&as_json(&what, &got_text)),
+                );
+                assert_eq!(first_difference(&want, &got), None, "{what}");
+            }
+            Check::WithoutHeader => {
+                let normalizer = Normalizer::default().drop("header");
                 let (want, got) = (
                     normalizer.apply(&as_json(&what, &want_text)),
                     normalizer.apply(&as_json(&what, &got_text)),
