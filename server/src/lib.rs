@@ -1,6 +1,7 @@
 //! keelson: an etcd v3 server on openraft and RocksDB.
 
 pub mod api;
+pub mod auth;
 pub mod boot;
 pub mod config;
 pub mod error;
