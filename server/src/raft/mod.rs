@@ -65,10 +65,11 @@ const LEADER_POLL: Duration = Duration::from_millis(20);
 /// What the state machine needs from the layer that executes requests (the member's applier).
 pub trait StateMachineApplier: Send + Sync + 'static {
     fn storage(&self) -> &Arc<Storage>;
-    /// Applies `request` (or nothing, for raft's own entries) and commits it together with what
-    /// `record` adds to the batch.
+    /// Applies `request` (or nothing, for raft's own entries), the entry at log `index`, and
+    /// commits it together with what `record` adds to the batch.
     fn apply(
         &self,
+        index: u64,
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError>;
@@ -477,6 +478,12 @@ impl RaftNode {
             Ok(Err(_)) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
         }
+    }
+
+    /// Waits (at most a request timeout) until this member applied the entry at `index`.
+    pub async fn wait_for_applied(&self, index: u64) -> EtcdResult<()> {
+        self.wait_applied(index, Instant::now() + self.settings.request_timeout)
+            .await
     }
 
     /// Waits until this member's state reflects every write acknowledged before the call.

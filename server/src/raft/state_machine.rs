@@ -128,7 +128,9 @@ impl StateMachine {
             })?),
             _ => None,
         };
-        let response = self.applier.apply(request.as_ref(), &record)?;
+        let response = self
+            .applier
+            .apply(log_id.index, request.as_ref(), &record)?;
         if let Ok(mut current) = self.applied.lock() {
             current.last_applied = Some(log_id);
             if let Some(m) = membership {
