@@ -526,6 +526,40 @@ impl AuthStore {
 
     // ---- applied on every member, in log order ----
 
+    /// Whether simple tokens are to be rebuilt from the log when the member starts.
+    pub fn replays_log(&self) -> bool {
+        self.is_enabled() && self.tokens.is_simple()
+    }
+
+    /// etcd keeps simple tokens in memory only, yet they outlive a restart there: it replays
+    /// the logins of its WAL. The same here, from the entries still in the raft log: each login
+    /// of a user that still has a password registers its token again (with a fresh TTL, as in
+    /// etcd), and later password changes, deletions and auth switches forget them again.
+    pub fn replay(&self, index: u64, request: &Request) {
+        let TokenProvider::Simple(simple) = &self.tokens else {
+            return;
+        };
+        match request {
+            Request::Authenticate(r) => {
+                let state = self.current();
+                let has_password = state
+                    .users
+                    .get(&r.name)
+                    .is_some_and(|u| !u.options.as_ref().is_some_and(|o| o.no_password));
+                if has_password && !r.simple_token_prefix.is_empty() {
+                    simple.assign(format!("{}.{index}", r.simple_token_prefix), &r.name);
+                }
+            }
+            Request::AuthUserDelete(r) => self.tokens.invalidate_user(&r.name),
+            Request::AuthUserChangePassword(r) => self.tokens.invalidate_user(&r.name),
+            Request::AuthDisable(_) => {
+                self.tokens.disable();
+                self.tokens.enable();
+            }
+            _ => {}
+        }
+    }
+
     /// etcd's auth applier for the requests it checks: the caller of a Put, DeleteRange, Txn or
     /// LeaseRevoke must be allowed to do all of it. `lease_keys` lists a lease's keys.
     pub fn check_entry(

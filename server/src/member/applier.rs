@@ -125,6 +125,16 @@ impl StateMachineApplier for Applier {
     fn reload(&self) -> Result<(), StorageError> {
         Applier::reload(self)
     }
+
+    fn replays_log(&self) -> bool {
+        self.auth.replays_log()
+    }
+
+    fn replay(&self, index: u64, request: &RaftRequest) {
+        if let Some(request) = &request.request {
+            self.auth.replay(index, request);
+        }
+    }
 }
 
 impl Applier {

@@ -75,6 +75,14 @@ pub trait StateMachineApplier: Send + Sync + 'static {
     ) -> Result<RaftResponse, StorageError>;
     /// Reloads in-memory state after the data underneath was replaced by a snapshot.
     fn reload(&self) -> Result<(), StorageError>;
+    /// Whether [`StateMachineApplier::replay`] wants the entries applied before this start.
+    fn replays_log(&self) -> bool {
+        false
+    }
+    /// An entry applied before this start that is still in the log, in log order: what the
+    /// applier keeps only in memory (simple auth tokens) is rebuilt from them, as etcd rebuilds
+    /// it when it replays its WAL on a restart.
+    fn replay(&self, _index: u64, _request: &RaftRequest) {}
 }
 
 /// The membership as the leader sees it when a change is asked for.

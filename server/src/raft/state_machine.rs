@@ -62,6 +62,12 @@ impl StateMachine {
             }
         }
         let applied = read_applied_state(&storage)?;
+        if applier.replays_log() {
+            let last = applied.last_applied.map_or(0, |id| id.index);
+            super::log_store::for_each_request(&storage, last, &mut |index, request| {
+                applier.replay(index, &request)
+            })?;
+        }
         cluster.set_removed(read_removed(&storage)?);
         cluster.set_applied(applied.last_applied.map_or(0, |id| id.index));
         Ok(Self {
