@@ -53,13 +53,19 @@ impl Interval {
         }
     }
 
-    /// etcd's `Interval.Compare(other) == 0`: the two share a key.
-    fn overlaps(&self, other: &Interval) -> bool {
-        let left_of = cmp_bound(&self.begin, &other.begin) == Ordering::Less
-            && cmp_bound(&self.end, &other.begin) != Ordering::Greater;
-        let right_of = cmp_bound(&self.begin, &other.end) != Ordering::Less;
-        !left_of && !right_of
+    /// Whether the key lies in the interval (etcd's `Intersects` with a point).
+    fn contains_key(&self, key: &[u8]) -> bool {
+        cmp_bound(&self.begin, key) != Ordering::Greater
+            && cmp_bound(key, &self.end) == Ordering::Less
     }
+}
+
+/// etcd's `Interval.Compare(other) == 0` with `[begin, end)` on the left: they share a key.
+fn overlaps(begin: &[u8], end: &[u8], other: &Interval) -> bool {
+    let left_of = cmp_bound(begin, &other.begin) == Ordering::Less
+        && cmp_bound(end, &other.begin) != Ordering::Greater;
+    let right_of = cmp_bound(begin, &other.end) != Ordering::Less;
+    !left_of && !right_of
 }
 
 /// Whether a request reads or writes.
@@ -106,27 +112,19 @@ impl UserPermissions {
             Access::Write => &self.write,
         };
         if range_end.is_empty() {
-            let point = Interval::point(key);
-            return intervals.iter().any(|i| point.overlaps(i));
+            return intervals.iter().any(|i| i.contains_key(key));
         }
-        let wanted = Interval {
-            begin: key.to_vec(),
-            // "\0" asks for everything from the key on.
-            end: if range_end == [0] {
-                Vec::new()
-            } else {
-                range_end.to_vec()
-            },
-        };
-        covers(intervals, &wanted)
+        // "\0" asks for everything from the key on.
+        let end: &[u8] = if range_end == [0] { b"" } else { range_end };
+        covers(intervals, key, end)
     }
 }
 
-/// etcd's `IntervalTree.Contains`: the intervals overlapping `wanted`, in order, leave no gap
-/// and reach from its beginning to its end.
-fn covers(intervals: &[Interval], wanted: &Interval) -> bool {
+/// etcd's `IntervalTree.Contains`: the intervals overlapping `[begin, end)`, in order, leave no
+/// gap and reach from its beginning to its end.
+fn covers(intervals: &[Interval], begin: &[u8], end: &[u8]) -> bool {
     let mut span: Option<(&[u8], &[u8])> = None;
-    for interval in intervals.iter().filter(|i| wanted.overlaps(i)) {
+    for interval in intervals.iter().filter(|i| overlaps(begin, end, i)) {
         span = match span {
             None => Some((&interval.begin, &interval.end)),
             Some((begin, end)) => {
@@ -142,9 +140,9 @@ fn covers(intervals: &[Interval], wanted: &Interval) -> bool {
             }
         };
     }
-    span.is_some_and(|(begin, end)| {
-        cmp_bound(end, &wanted.end) != Ordering::Less
-            && cmp_bound(begin, &wanted.begin) != Ordering::Greater
+    span.is_some_and(|(min_begin, max_end)| {
+        cmp_bound(max_end, end) != Ordering::Less
+            && cmp_bound(min_begin, begin) != Ordering::Greater
     })
 }
 
