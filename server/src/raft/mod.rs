@@ -287,10 +287,9 @@ impl RaftNode {
     }
 
     /// How long a leader's claim lasts without hearing from a quorum, and a follower's trust
-    /// in a leader it has not heard from (openraft's leader lease is the maximum election
-    /// timeout).
+    /// in a leader it has not heard from: one election timeout, as etcd's check-quorum.
     fn leader_lease(&self) -> Duration {
-        2 * self.settings.election_timeout.max(Duration::from_millis(1))
+        self.settings.election_timeout.max(Duration::from_millis(1))
     }
 
     /// The leader this member is in contact with: itself while a quorum acknowledges it, or
@@ -794,9 +793,13 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, RaftStartError> {
     Config {
         cluster_name: "keelson".into(),
         heartbeat_interval: heartbeat.max(1),
-        // Randomised between one and two election timeouts, as etcd's raft does.
-        election_timeout_min: election.max(heartbeat + 1),
-        election_timeout_max: election.max(heartbeat + 1) * 2,
+        // openraft starts an election once a follower has heard nothing for its leader lease
+        // (the maximum below, during which voters also refuse a new leader) plus a random
+        // timeout between the two. etcd's followers campaign after a random timeout in
+        // [1, 2) election timeouts; these bounds put openraft's in [1.25, 1.5), so a failover
+        // takes what etcd's does, and the leader lease is 3/4 of an election timeout.
+        election_timeout_min: (election / 2).max(heartbeat + 1),
+        election_timeout_max: (election * 3 / 4).max(heartbeat + 2),
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_count.max(1)),
         max_in_snapshot_log_to_keep: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT,
         // A follower further behind than the entries kept gets a snapshot.
