@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod auth_bootstrap;
 pub mod boot;
 pub mod config;
 pub mod error;
