@@ -96,6 +96,13 @@ async fn a_token_from_one_member_works_on_every_member() {
     .await
     .expect("revoke");
     for i in 0..3 {
+        // A linearizable read makes member i apply the revoke first: a write admitted before
+        // it applied would be refused with "revision of auth store is old" instead (etcd too).
+        root_of(&cluster, i)
+            .await
+            .get("barrier", None)
+            .await
+            .expect("linearizable read");
         let mut alice = raw(&cluster, i).await.with_token(&token);
         assert_eq!(
             raw_error(alice.put("app/x", "v").await),

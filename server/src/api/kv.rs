@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{caller, credentials};
 use super::validate;
 use crate::member::Member;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -30,9 +30,11 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         validate::check_range(request.get_ref())?;
-        let caller = caller(&self.member, &request).await?;
+        let credentials = credentials(&request);
         Ok(Response::new(
-            self.member.range(&caller, request.into_inner()).await?,
+            self.member
+                .range(Some(&credentials), request.into_inner())
+                .await?,
         ))
     }
 
@@ -59,9 +61,9 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         validate::check_txn(request.get_ref(), self.member.limits().max_txn_ops)?;
-        let caller = caller(&self.member, &request).await?;
+        let credentials = credentials(&request);
         Ok(Response::new(
-            self.member.txn(&caller, request.into_inner()).await?,
+            self.member.txn(&credentials, request.into_inner()).await?,
         ))
     }
 

@@ -10,7 +10,6 @@ use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 
-use crate::auth::Caller;
 use crate::error::EtcdError;
 use crate::member::Member;
 use crate::metrics::METRICS;
@@ -119,7 +118,7 @@ async fn read_check(member: &Member, serializable: bool) -> Result<(), String> {
         ..Default::default()
     };
     member
-        .range(&Caller::Member, request)
+        .range(None, request)
         .await
         .map(|_| ())
         .map_err(|e: EtcdError| e.to_string())

@@ -42,6 +42,14 @@ impl Member {
 
     /// etcd's `AuthInfoFromCtx`: a token names its user (a simple token once this member
     /// applied the login that made it), or else the client certificate's common name does.
+    /// The caller of a request with these credentials, or the member itself with none.
+    pub async fn caller_of(&self, credentials: Option<&Credentials>) -> EtcdResult<Caller> {
+        match credentials {
+            Some(credentials) => self.caller(credentials).await,
+            None => Ok(Caller::Member),
+        }
+    }
+
     pub async fn caller(&self, credentials: &Credentials) -> EtcdResult<Caller> {
         if let Some(token) = &credentials.token {
             if let Some(index) = self.auth.tokens().simple_token_index(token) {

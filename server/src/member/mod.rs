@@ -189,7 +189,14 @@ impl Member {
             .map_err(|e| EtcdError::Internal(format!("read task failed: {e}")))?
     }
 
-    pub async fn range(&self, caller: &Caller, req: RangeRequest) -> EtcdResult<RangeResponse> {
+    /// A Range for a client (`credentials`) or for the member itself (`None`). As etcd's
+    /// `doSerialize`, the credentials are resolved after the linearizable barrier: a token that
+    /// an auth change applied meanwhile invalidated is refused as such.
+    pub async fn range(
+        &self,
+        credentials: Option<&Credentials>,
+        req: RangeRequest,
+    ) -> EtcdResult<RangeResponse> {
         METRICS.mvcc_range.inc();
         if !req.serializable && self.raft.is_learner() {
             return Err(EtcdError::NotSupportedForLearner);
@@ -197,6 +204,7 @@ impl Member {
         if !req.serializable {
             self.raft.read_index().await?;
         }
+        let caller = &self.caller_of(credentials).await?;
         self.auth.check_read(caller, &req.key, &req.range_end)?;
         let mut resp = self.read_locally(move |store| store.range(&req)).await?;
         self.auth.check_unchanged(caller)?;
@@ -259,12 +267,15 @@ impl Member {
         }
     }
 
-    pub async fn txn(&self, caller: &Caller, req: TxnRequest) -> EtcdResult<TxnResponse> {
+    /// A Txn for a client; a read-only one resolves the credentials after the linearizable
+    /// barrier, as `range` does.
+    pub async fn txn(&self, credentials: &Credentials, req: TxnRequest) -> EtcdResult<TxnResponse> {
         METRICS.mvcc_txn.inc();
         let mut resp = if txn_is_read_only(&req) {
             if !txn_is_serializable(&req) {
                 self.raft.read_index().await?;
             }
+            let caller = &self.caller(credentials).await?;
             self.auth.check_txn(caller, &req)?;
             let resp = self
                 .read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
@@ -272,6 +283,7 @@ impl Member {
             self.auth.check_unchanged(caller)?;
             resp
         } else {
+            let caller = &self.caller(credentials).await?;
             self.check_quota(quota::txn_cost(&req)).await?;
             match self.propose_as(caller, Request::Txn(req)).await? {
                 Response::Txn(resp) => resp,
