@@ -4,11 +4,12 @@
 # For each server: a fresh member on loopback, root plus a plain user "bench" whose role may
 # read and write the "b/" prefix (and the bench tool's probe key), auth enabled with simple
 # tokens; then keelson-bench as that user with CLIENTS clients over CONNS connections:
-# linearizable one-key Ranges and Puts. The same loads without auth give the baseline.
+# one-key Ranges (serializable unless CONSISTENCY=l) and Puts. The same loads without auth give
+# the baseline.
 # Rounds alternate between the servers so that a noisy neighbour hurts both alike.
 #
 #   bench/auth-bench.sh [KEELSON_BIN] [BENCH_BIN]
-#   ROUNDS=2 DURATION=10s CLIENTS=64 CONNS=8 bench/auth-bench.sh
+#   ROUNDS=2 DURATION=10s CLIENTS=64 CONNS=8 CONSISTENCY=s bench/auth-bench.sh
 set -euo pipefail
 
 KEELSON=${1:-${CARGO_TARGET_DIR:-target}/release/keelson}
@@ -19,6 +20,7 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10s}
 CLIENTS=${CLIENTS:-64}
 CONNS=${CONNS:-8}
+CONSISTENCY=${CONSISTENCY:-s}
 WORK=$(mktemp -d /tmp/keelson-auth-bench.XXXXXX)
 PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$WORK"' EXIT
@@ -71,7 +73,7 @@ enable_auth() {
 # load MODE AUTH -> ops/s
 load() {
     local mode=$1 auth=$2 args=()
-    if [ "$mode" = range ]; then args=(range --consistency l); else args=(put); fi
+    if [ "$mode" = range ]; then args=(range --consistency "$CONSISTENCY"); else args=(put); fi
     if [ "$auth" = on ]; then args+=(--user bench --password benchpw); fi
     "$BENCH" "${args[@]}" --endpoints "$EP" --clients "$CLIENTS" --conns "$CONNS" \
         --prefix b/ --key-space-size 10000 --total 100000000 --duration "$DURATION" --json \
