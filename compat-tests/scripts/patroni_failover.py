@@ -1,6 +1,10 @@
 """Real Patroni (Debian's patroni, its etcd3 DCS over the JSON gateway) with real PostgreSQL.
 
-Usage: patroni_failover.py HOST PORT WORK_DIR DEADLINE_SECONDS
+Usage: patroni_failover.py HOST PORT WORK_DIR DEADLINE_SECONDS [auth]
+
+With `auth`, the server's auth is enabled first (through the gateway's auth routes) and Patroni
+logs in as a user whose role may only read and write its scope's keys; this script reads the
+DCS as root.
 
 Two Patroni members of one scope on loopback: one bootstraps PostgreSQL and takes the leader
 key, the other clones it and streams from it; a switchover through Patroni's REST API moves
@@ -68,9 +72,15 @@ class Deadline:
         raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
-def http_json(method, url, body=None):
+# The token this script sends to the server once auth is on (`auth` mode).
+TOKEN = None
+
+
+def http_json(method, url, body=None, token=None):
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", token)
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT) as response:
             text = response.read()
@@ -92,7 +102,7 @@ def as_user(user, home):
 
 
 class Member:
-    def __init__(self, name, work_dir, dcs, pg_bin, user):
+    def __init__(self, name, work_dir, dcs, pg_bin, user, credentials):
         self.name = name
         self.dir = os.path.join(work_dir, name)
         self.api_port = free_port()
@@ -112,7 +122,7 @@ class Member:
                 "listen": "127.0.0.1:%d" % self.api_port,
                 "connect_address": "127.0.0.1:%d" % self.api_port,
             },
-            "etcd3": {"hosts": dcs},
+            "etcd3": dict(hosts=dcs, **credentials),
             "bootstrap": {
                 "dcs": {"ttl": 10, "loop_wait": 1, "retry_timeout": 5},
                 "initdb": [{"encoding": "UTF8"}],
@@ -198,7 +208,7 @@ class Member:
 def dcs_value(dcs, key):
     """The value of a key in the DCS, read through the gateway as any client would."""
     body = {"key": base64.b64encode(key.encode()).decode()}
-    status, answer = http_json("POST", "http://%s/v3/kv/range" % dcs, body)
+    status, answer = http_json("POST", "http://%s/v3/kv/range" % dcs, body, TOKEN)
     assert status == 200, (status, answer)
     kvs = answer.get("kvs", [])
     return base64.b64decode(kvs[0]["value"]).decode() if kvs else None
@@ -223,15 +233,44 @@ def leader_and_streaming_replica(members):
     return leader, replica
 
 
+def gateway(dcs, path, body, token=None):
+    status, answer = http_json("POST", "http://%s/v3/%s" % (dcs, path), body, token)
+    assert status == 200, (path, status, answer)
+    return answer
+
+
+def enable_auth(dcs):
+    """root, and a `patroni` user whose role reads and writes only under /service/<scope>/."""
+    global TOKEN
+    prefix = "/service/%s/" % SCOPE
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    b64 = lambda text: base64.b64encode(text.encode()).decode()
+    gateway(dcs, "auth/user/add", {"name": "root", "password": "rootpw"})
+    gateway(dcs, "auth/user/grant", {"user": "root", "role": "root"})
+    gateway(dcs, "auth/role/add", {"name": "patroni"})
+    gateway(dcs, "auth/role/grant", {"name": "patroni", "perm": {
+        "permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)}})
+    gateway(dcs, "auth/user/add", {"name": "patroni", "password": "patronipw"})
+    gateway(dcs, "auth/user/grant", {"user": "patroni", "role": "patroni"})
+    gateway(dcs, "auth/enable", {})
+    TOKEN = gateway(dcs, "auth/authenticate", {"name": "root", "password": "rootpw"})["token"]
+    status, answer = http_json("POST", "http://%s/v3/kv/range" % dcs, {"key": b64(prefix)})
+    assert status == 400 and "user name is empty" in answer["error"], (status, answer)
+    print("auth enabled; patroni may use only %s" % prefix, flush=True)
+    return {"username": "patroni", "password": "patronipw"}
+
+
 def main():
     host, port, work_dir, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+    auth = sys.argv[5:] == ["auth"]
     deadline = Deadline(seconds)
     dcs = "%s:%d" % (host, port)
+    credentials = enable_auth(dcs) if auth else {}
     user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
     if user is not None:
         os.chown(work_dir, user.pw_uid, user.pw_gid)
     pg_bin = pg_bin_dir()
-    members = [Member(name, work_dir, dcs, pg_bin, user) for name in ("pg1", "pg2")]
+    members = [Member(name, work_dir, dcs, pg_bin, user, credentials) for name in ("pg1", "pg2")]
     try:
         members[0].start()
         deadline.wait_for("pg1 to bootstrap and take the leader key",

@@ -55,8 +55,8 @@ async fn etcd3gw_works_on_the_v3beta_alias_too() {
     workout(&server, "/v3beta/").await;
 }
 
-#[tokio::test]
-async fn patroni_bootstraps_switches_over_and_fails_over() {
+/// Runs `scripts/patroni_failover.py` against a fresh member (`auth`: with auth enabled first).
+async fn patroni(auth: bool) {
     let server = Server::start_default().await;
     let address = server.client_address();
     let (host, port) = address.rsplit_once(':').expect("host:port");
@@ -67,12 +67,13 @@ async fn patroni_bootstraps_switches_over_and_fails_over() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/patroni_failover.py");
     let deadline = PATRONI_DEADLINE.as_secs().to_string();
     let work_dir = work.path().to_str().expect("a UTF-8 temporary path");
+    let mut args = vec![script, host, port, work_dir, deadline.as_str()];
+    if auth {
+        args.push("auth");
+    }
     let output = tokio::time::timeout(
         PATRONI_TIMEOUT,
-        Command::new(PYTHON)
-            .args([script, host, port, work_dir, deadline.as_str()])
-            .kill_on_drop(true)
-            .output(),
+        Command::new(PYTHON).args(&args).kill_on_drop(true).output(),
     )
     .await
     .expect("the Patroni run should finish in time")
@@ -85,4 +86,16 @@ async fn patroni_bootstraps_switches_over_and_fails_over() {
         server.kind().name(),
         output.status
     );
+}
+
+#[tokio::test]
+async fn patroni_bootstraps_switches_over_and_fails_over() {
+    patroni(false).await;
+}
+
+/// The same with auth on: Patroni logs in through `auth/authenticate` and sends its token in
+/// the `Authorization` header, its role limited to its scope's keys.
+#[tokio::test]
+async fn patroni_works_with_auth_enabled() {
+    patroni(true).await;
 }

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use super::auth::credentials;
 use super::lock::recipe_status;
 use crate::member::Member;
 use crate::proto::v3electionpb::election_server::Election;
@@ -45,10 +46,12 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        // The recipes run as the caller, as etcd's in-process client carries its token.
+        let credentials = credentials(&request);
         let req = request.into_inner();
         let won = self
             .member
-            .campaign(&req.name, req.lease, req.value)
+            .campaign(&credentials, &req.name, req.lease, req.value)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(CampaignResponse {
@@ -66,11 +69,18 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let credentials = credentials(&request);
         let req = request.into_inner();
         let leader = req.leader.ok_or_else(missing_leader_key)?;
         let header = self
             .member
-            .proclaim(leader.key, leader.rev, leader.lease, req.value)
+            .proclaim(
+                &credentials,
+                leader.key,
+                leader.rev,
+                leader.lease,
+                req.value,
+            )
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(ProclaimResponse {
@@ -84,7 +94,7 @@ impl Election for ElectionService {
     ) -> Result<Response<LeaderResponse>, Status> {
         let (header, kv) = self
             .member
-            .election_leader(&request.get_ref().name)
+            .election_leader(&credentials(&request), &request.get_ref().name)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(LeaderResponse {
@@ -97,10 +107,11 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let credentials = credentials(&request);
         let name = request.into_inner().name;
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let member = self.member.clone();
-        tokio::spawn(async move { member.observe(&name, tx).await });
+        tokio::spawn(async move { member.observe(&credentials, &name, tx).await });
         let stream = ReceiverStream::new(rx).map(|(header, kv)| {
             Ok(LeaderResponse {
                 header: Some(header),
@@ -114,10 +125,11 @@ impl Election for ElectionService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let credentials = credentials(&request);
         let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
         let header = self
             .member
-            .resign(leader.key, leader.rev)
+            .resign(&credentials, leader.key, leader.rev)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(ResignResponse {

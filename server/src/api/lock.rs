@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::credentials;
 use crate::member::concurrency::RecipeError;
 use crate::member::Member;
 use crate::proto::v3lockpb::lock_server::Lock;
@@ -29,10 +30,12 @@ pub fn recipe_status(error: RecipeError) -> Status {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        // The recipe runs as the caller, as etcd's in-process client carries its token.
+        let credentials = credentials(&request);
         let req = request.into_inner();
         let (header, key) = self
             .member
-            .lock(&req.name, req.lease)
+            .lock(&credentials, &req.name, req.lease)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(LockResponse {
@@ -45,9 +48,10 @@ impl Lock for LockService {
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
+        let credentials = credentials(&request);
         let header = self
             .member
-            .unlock(request.into_inner().key)
+            .unlock(&credentials, request.into_inner().key)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(UnlockResponse {

@@ -3,6 +3,7 @@
 //! Thin by design: each handler validates the request as etcd does, calls the member and maps
 //! errors through `status`. Services a later piece of work implements answer `Unimplemented`.
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod health;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use tonic::service::Routes;
 
 use crate::member::Member;
-use crate::proto::etcdserverpb::auth_server::{Auth, AuthServer};
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -29,6 +30,7 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
+use auth::AuthService;
 use cluster::ClusterService;
 use election::ElectionService;
 use kv::KvService;
@@ -39,18 +41,6 @@ use watch::WatchService;
 
 /// etcd lets gRPC messages exceed --max-request-bytes by this much, for framing and metadata.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-
-/// Answers every RPC of a service with `Unimplemented` until that service is built.
-pub struct NotYetImplemented;
-
-impl Auth for NotYetImplemented {}
-
-/// The implementation of etcdserverpb.Auth that gRPC and the gateway call.
-pub type AuthService = NotYetImplemented;
-
-fn auth_service(_member: &Arc<Member>) -> AuthService {
-    NotYetImplemented
-}
 
 /// One instance of every etcd service, shared by the gRPC routes and the JSON gateway, which
 /// calls the same methods in-process (validation, errors and auth are the services' own).
@@ -75,7 +65,7 @@ impl Services {
             lease: Arc::new(LeaseService::new(member.clone())),
             cluster: Arc::new(ClusterService::new(member.clone())),
             maintenance: Arc::new(MaintenanceService::new(member.clone())),
-            auth: Arc::new(auth_service(&member)),
+            auth: Arc::new(AuthService::new(member.clone())),
             lock: Arc::new(LockService::new(member.clone())),
             election: Arc::new(ElectionService::new(member.clone())),
             member,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::Member;
+use super::{Credentials, Member};
 use crate::error::EtcdError;
 use crate::mvcc::read::KeyRange;
 use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
@@ -152,13 +152,16 @@ enum Undo {
 
 struct UndoOnDrop {
     member: Weak<Member>,
+    /// The caller's: the undo is the caller's own write.
+    credentials: Credentials,
     undo: Option<Undo>,
 }
 
 impl UndoOnDrop {
-    fn new(member: &Arc<Member>, undo: Undo) -> Self {
+    fn new(member: &Arc<Member>, credentials: &Credentials, undo: Undo) -> Self {
         Self {
             member: Arc::downgrade(member),
+            credentials: credentials.clone(),
             undo: Some(undo),
         }
     }
@@ -176,10 +179,13 @@ impl Drop for UndoOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let credentials = std::mem::take(&mut self.credentials);
         runtime.spawn(async move {
             let outcome = match undo {
-                Undo::Delete(key) => member.unlock(key).await.map(|_| ()),
-                Undo::Resign { key, rev } => member.resign(key, rev).await.map(|_| ()),
+                Undo::Delete(key) => member.unlock(&credentials, key).await.map(|_| ()),
+                Undo::Resign { key, rev } => {
+                    member.resign(&credentials, key, rev).await.map(|_| ())
+                }
             };
             if let Err(e) = outcome {
                 tracing::warn!(error = %e, "could not remove an abandoned lock or election key");
@@ -216,6 +222,7 @@ impl Member {
     /// and the key. A waiter that is dropped removes its key, as etcd's does.
     pub async fn lock(
         self: &Arc<Self>,
+        credentials: &Credentials,
         name: &[u8],
         lease: i64,
     ) -> RecipeResult<(ResponseHeader, Bytes)> {
@@ -226,14 +233,17 @@ impl Member {
         // One round trip when uncontended: create the key (or find it, when this session
         // already waits or holds) and read the current holder.
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, 0)],
-                success: vec![
-                    op(put(&key, Bytes::new(), lease)),
-                    op(Op::RequestRange(first.clone())),
-                ],
-                failure: vec![op(Op::RequestRange(get(&key))), op(Op::RequestRange(first))],
-            })
+            .txn(
+                credentials,
+                TxnRequest {
+                    compare: vec![created_at(&key, 0)],
+                    success: vec![
+                        op(put(&key, Bytes::new(), lease)),
+                        op(Op::RequestRange(first.clone())),
+                    ],
+                    failure: vec![op(Op::RequestRange(get(&key))), op(Op::RequestRange(first))],
+                },
+            )
             .await?;
         let header = header_of(&resp);
         let my_rev = if resp.succeeded {
@@ -246,10 +256,10 @@ impl Member {
         if holder.is_none_or(|h| h.create_revision == my_rev) {
             return Ok((header, key));
         }
-        let undo = UndoOnDrop::new(self, Undo::Delete(key.clone()));
-        self.wait_deletes(&prefix, my_rev - 1).await?;
+        let undo = UndoOnDrop::new(self, credentials, Undo::Delete(key.clone()));
+        self.wait_deletes(credentials, &prefix, my_rev - 1).await?;
         // etcd 3.5: a waiter whose lease expired while it waited does not hold the lock.
-        let mine = self.range(get(&key)).await?;
+        let mine = self.range(Some(credentials), get(&key)).await?;
         if mine.kvs.is_empty() {
             undo.disarm();
             return Err(RecipeError::SessionExpired);
@@ -259,12 +269,20 @@ impl Member {
     }
 
     /// Releases a lock: deletes its key.
-    pub async fn unlock(&self, key: Bytes) -> RecipeResult<ResponseHeader> {
+    pub async fn unlock(
+        &self,
+        credentials: &Credentials,
+        key: Bytes,
+    ) -> RecipeResult<ResponseHeader> {
+        let caller = self.caller(credentials).await?;
         let resp = self
-            .delete_range(DeleteRangeRequest {
-                key,
-                ..Default::default()
-            })
+            .delete_range(
+                &caller,
+                DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(resp.header.unwrap_or_default())
     }
@@ -273,6 +291,7 @@ impl Member {
     /// a campaign that finds its key with another value proclaims the new one first.
     pub async fn campaign(
         self: &Arc<Self>,
+        credentials: &Credentials,
         name: &[u8],
         lease: i64,
         value: Bytes,
@@ -281,11 +300,14 @@ impl Member {
         let prefix = recipe_prefix(name);
         let key = session_key(&prefix, lease);
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, 0)],
-                success: vec![op(put(&key, value.clone(), lease))],
-                failure: vec![op(Op::RequestRange(get(&key)))],
-            })
+            .txn(
+                credentials,
+                TxnRequest {
+                    compare: vec![created_at(&key, 0)],
+                    success: vec![op(put(&key, value.clone(), lease))],
+                    failure: vec![op(Op::RequestRange(get(&key)))],
+                },
+            )
             .await?;
         let header = header_of(&resp);
         let existing = if resp.succeeded {
@@ -301,6 +323,7 @@ impl Member {
         let rev = existing.map_or(header.revision, |kv| kv.create_revision);
         let undo = UndoOnDrop::new(
             self,
+            credentials,
             Undo::Resign {
                 key: key.clone(),
                 rev,
@@ -308,9 +331,10 @@ impl Member {
         );
         if existing.is_some_and(|kv| kv.value != value) {
             // A failed proclaim resigns (the guard), as etcd's campaign does.
-            self.proclaim(key.clone(), rev, lease, value).await?;
+            self.proclaim(credentials, key.clone(), rev, lease, value)
+                .await?;
         }
-        let waited = self.wait_deletes(&prefix, rev - 1).await;
+        let waited = self.wait_deletes(credentials, &prefix, rev - 1).await;
         // etcd resigns only when the campaign's caller went away; a failed wait leaves the key.
         undo.disarm();
         waited?;
@@ -325,17 +349,21 @@ impl Member {
     /// Replaces the leader's value, if the key is still the one created at `rev`.
     pub async fn proclaim(
         &self,
+        credentials: &Credentials,
         key: Bytes,
         rev: i64,
         lease: i64,
         value: Bytes,
     ) -> RecipeResult<ResponseHeader> {
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, rev)],
-                success: vec![op(put(&key, value, lease))],
-                ..Default::default()
-            })
+            .txn(
+                credentials,
+                TxnRequest {
+                    compare: vec![created_at(&key, rev)],
+                    success: vec![op(put(&key, value, lease))],
+                    ..Default::default()
+                },
+            )
             .await?;
         if !resp.succeeded {
             return Err(RecipeError::NotLeader);
@@ -345,25 +373,40 @@ impl Member {
 
     /// Gives up leadership (or a candidacy): deletes the key if it is still the one created
     /// at `rev`; not being the leader is not an error, as in etcd.
-    pub async fn resign(&self, key: Bytes, rev: i64) -> RecipeResult<ResponseHeader> {
+    pub async fn resign(
+        &self,
+        credentials: &Credentials,
+        key: Bytes,
+        rev: i64,
+    ) -> RecipeResult<ResponseHeader> {
         let resp = self
-            .txn(TxnRequest {
-                compare: vec![created_at(&key, rev)],
-                success: vec![op(Op::RequestDeleteRange(DeleteRangeRequest {
-                    key,
+            .txn(
+                credentials,
+                TxnRequest {
+                    compare: vec![created_at(&key, rev)],
+                    success: vec![op(Op::RequestDeleteRange(DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    }))],
                     ..Default::default()
-                }))],
-                ..Default::default()
-            })
+                },
+            )
             .await?;
         Ok(header_of(&resp))
     }
 
     /// The current leader's key-value (the oldest candidate).
-    pub async fn election_leader(&self, name: &[u8]) -> RecipeResult<(ResponseHeader, KeyValue)> {
+    pub async fn election_leader(
+        &self,
+        credentials: &Credentials,
+        name: &[u8],
+    ) -> RecipeResult<(ResponseHeader, KeyValue)> {
         let prefix = recipe_prefix(name);
         let resp = self
-            .range(by_create_revision(&prefix, SortOrder::Ascend, 0))
+            .range(
+                Some(credentials),
+                by_create_revision(&prefix, SortOrder::Ascend, 0),
+            )
             .await?;
         let header = resp.header.unwrap_or_default();
         let kv = resp.kvs.into_iter().next().ok_or(RecipeError::NoLeader)?;
@@ -373,12 +416,21 @@ impl Member {
     /// Streams the leader of `<name>/` and every change of it (new value, new leader) until the
     /// receiver goes away or the store fails; as etcd's Observe, it ends without an error
     /// when it cannot go on.
-    pub async fn observe(&self, name: &[u8], out: mpsc::Sender<(ResponseHeader, KeyValue)>) {
+    /// The caller's read permission on `<name>/` is checked with every read of the leader.
+    pub async fn observe(
+        &self,
+        credentials: &Credentials,
+        name: &[u8],
+        out: mpsc::Sender<(ResponseHeader, KeyValue)>,
+    ) {
         let prefix = recipe_prefix(name);
         // Each round follows one leader until its key is deleted; it ends only with the client.
         loop {
             let Ok(resp) = self
-                .range(by_create_revision(&prefix, SortOrder::Ascend, 0))
+                .range(
+                    Some(credentials),
+                    by_create_revision(&prefix, SortOrder::Ascend, 0),
+                )
                 .await
             else {
                 return;
@@ -492,16 +544,20 @@ impl Member {
 
     /// Waits until no key under `prefix` was created at or before `max_create_revision`:
     /// each round watches only the newest such key (the waiter's predecessor) for its delete.
-    async fn wait_deletes(&self, prefix: &Bytes, max_create_revision: i64) -> RecipeResult<()> {
+    async fn wait_deletes(
+        &self,
+        credentials: &Credentials,
+        prefix: &Bytes,
+        max_create_revision: i64,
+    ) -> RecipeResult<()> {
         // Terminates: no key can be created below a revision that has passed, so every round
         // waits for one of a shrinking set of keys to go.
         loop {
             let resp = self
-                .range(by_create_revision(
-                    prefix,
-                    SortOrder::Descend,
-                    max_create_revision,
-                ))
+                .range(
+                    Some(credentials),
+                    by_create_revision(prefix, SortOrder::Descend, max_create_revision),
+                )
                 .await?;
             let Some(predecessor) = resp.kvs.first() else {
                 return Ok(());

@@ -143,6 +143,8 @@ fn route(method: &str) -> Option<(Route, &'static str)> {
         ),
         "auth/enable" => (unary!(auth.auth_enable), "/etcdserverpb.Auth/AuthEnable"),
         "auth/disable" => (unary!(auth.auth_disable), "/etcdserverpb.Auth/AuthDisable"),
+        // etcd 3.5's route (keelson reports 3.5); etcd 3.4 has no AuthStatus.
+        "auth/status" => (unary!(auth.auth_status), "/etcdserverpb.Auth/AuthStatus"),
         "auth/authenticate" => (unary!(auth.authenticate), "/etcdserverpb.Auth/Authenticate"),
         "auth/user/add" => (unary!(auth.user_add), "/etcdserverpb.Auth/UserAdd"),
         "auth/user/get" => (unary!(auth.user_get), "/etcdserverpb.Auth/UserGet"),
@@ -680,6 +682,7 @@ mod tests {
             "maintenance/transfer-leadership",
             "auth/enable",
             "auth/disable",
+            "auth/status",
             "auth/authenticate",
             "auth/user/add",
             "auth/user/get",
