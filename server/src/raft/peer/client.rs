@@ -553,11 +553,17 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             rpc.entries.truncate(kept);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let heartbeat = rpc.entries.is_empty();
         let response: AppendEntriesResponse<TypeConfig> = self
             .call(&rpc, &option, |mut c, r| async move {
                 c.append_entries(r).await
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                if heartbeat {
+                    METRICS.heartbeat_send_failures.inc();
+                }
+            })?;
         Ok(match response {
             AppendEntriesResponse::Success if truncated => {
                 AppendEntriesResponse::PartialSuccess(last_sent)
