@@ -769,16 +769,16 @@ fn check_compactions(ops: &[Operation], report: &mut KvReport) {
                     ));
                 }
             }
-            Outcome::Failed(error) if error.contains("compacted") => {
-                if !compactions
-                    .iter()
-                    .any(|(c, rev)| *rev > range.revision && c.call < op.ret)
-                {
-                    report.anomalies.push(format!(
-                        "{op}: compacted, but no compaction above {} was requested before",
-                        range.revision
-                    ));
-                }
+            Outcome::Failed(error)
+                if error.contains("compacted")
+                    && !compactions
+                        .iter()
+                        .any(|(c, rev)| *rev > range.revision && c.call < op.ret) =>
+            {
+                report.anomalies.push(format!(
+                    "{op}: compacted, but no compaction above {} was requested before",
+                    range.revision
+                ));
             }
             Outcome::Failed(error) if error.contains("future revision") => {
                 let seen = highest_observed_before(op.call);
@@ -790,5 +790,494 @@ fn check_compactions(ops: &[Operation], report: &mut KvReport) {
             }
             _ => {}
         }
+    }
+}
+
+/// The checker's own tests: histories known to be illegal must be rejected (and legal ones
+/// accepted). docs/robustness.md lists them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::committed::Event;
+    use crate::history::{
+        Compare, CompareOp, CompareTarget, KeyValue, RangeRequest, TxnOp, TxnRequest, TxnResult,
+    };
+    use crate::model::apply;
+
+    fn put(key: &str, value: &str) -> Request {
+        Request::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
+
+    fn put_lease(key: &str, value: &str, lease: i64) -> Request {
+        Request::Put {
+            key: key.into(),
+            value: value.into(),
+            lease,
+        }
+    }
+
+    fn get(key: &str) -> Request {
+        Request::Range(RangeRequest::key(key))
+    }
+
+    fn kv(key: &str, value: &str, create: i64, modr: i64, version: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+            create_revision: create,
+            mod_revision: modr,
+            version,
+            lease: 0,
+        }
+    }
+
+    fn read(revision: i64, kvs: Vec<KeyValue>) -> Outcome {
+        let count = kvs.len() as i64;
+        Outcome::Ok(Response::Range {
+            revision,
+            result: RangeResult {
+                kvs,
+                count,
+                more: false,
+            },
+        })
+    }
+
+    fn wrote(revision: i64) -> Outcome {
+        Outcome::Ok(Response::Put { revision })
+    }
+
+    struct H {
+        ops: Vec<Operation>,
+    }
+
+    impl H {
+        fn new() -> H {
+            H { ops: Vec::new() }
+        }
+
+        fn op(mut self, call: u64, ret: u64, request: Request, outcome: Outcome) -> H {
+            let id = self.ops.len();
+            self.ops.push(Operation {
+                id,
+                client: id,
+                member: 0,
+                call,
+                ret,
+                request,
+                outcome,
+            });
+            self
+        }
+    }
+
+    /// The committed history of `writes` applied in order (what a faithful watch delivers).
+    fn committed(writes: &[Request]) -> CommittedLog {
+        let mut log = CommittedLog::default();
+        let mut state = KvState::fresh();
+        for request in writes {
+            let Ok(applied) = apply(&state, request) else {
+                continue;
+            };
+            if applied.state.revision == state.revision {
+                continue;
+            }
+            let revision = applied.state.revision;
+            let mut events = Vec::new();
+            for (key, _) in state.kvs.iter() {
+                if !applied.state.kvs.contains_key(key) {
+                    events.push(Event {
+                        put: false,
+                        kv: KeyValue {
+                            key: key.clone(),
+                            value: String::new(),
+                            create_revision: 0,
+                            mod_revision: revision,
+                            version: 0,
+                            lease: 0,
+                        },
+                        prev: None,
+                    });
+                }
+            }
+            for key in applied.state.kvs.keys() {
+                if let Some(now) = applied.state.key_value(key) {
+                    if now.mod_revision == revision {
+                        events.push(Event {
+                            put: true,
+                            kv: now,
+                            prev: None,
+                        });
+                    }
+                }
+            }
+            events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
+            log.revisions.insert(revision, events);
+            state = applied.state;
+        }
+        log.last = state.revision;
+        log
+    }
+
+    fn check(h: &H, log: &CommittedLog) -> KvReport {
+        check_history(&h.ops, log, &BTreeMap::new(), Limits::default())
+    }
+
+    fn illegal(report: &KvReport) -> bool {
+        report.verdict == "illegal"
+    }
+
+    #[test]
+    fn a_correct_history_is_linearizable() {
+        let h = H::new()
+            .op(0, 10, put("a", "1"), wrote(2))
+            .op(5, 15, put("b", "1"), wrote(3))
+            .op(20, 21, get("a"), read(3, vec![kv("a", "1", 2, 2, 1)]))
+            .op(22, 23, put("a", "2"), wrote(4))
+            .op(24, 25, get("a"), read(4, vec![kv("a", "2", 2, 4, 2)]));
+        let log = committed(&[put("a", "1"), put("b", "1"), put("a", "2")]);
+        let r = check(&h, &log);
+        assert_eq!(r.verdict, "linearizable", "{r:#?}");
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+    }
+
+    #[test]
+    fn stale_read_is_rejected_with_a_minimal_sub_history() {
+        // Many unrelated writes, then a read that misses a write acknowledged before it began.
+        let mut h = H::new();
+        let mut writes = Vec::new();
+        for i in 0..30u64 {
+            h = h.op(
+                i * 10,
+                i * 10 + 5,
+                put("x", &format!("{i}")),
+                wrote(2 + i as i64),
+            );
+            writes.push(put("x", &format!("{i}")));
+        }
+        h = h.op(400, 401, put("a", "1"), wrote(32));
+        writes.push(put("a", "1"));
+        h = h.op(402, 403, get("a"), read(31, vec![]));
+        let log = committed(&writes);
+        let r = check(&h, &log);
+        assert!(illegal(&r), "{r:#?}");
+        // The state at revision 31, the write and the read: nothing else.
+        assert_eq!(r.minimal.len(), 3, "{:#?}", r.minimal);
+        assert!(r.minimal[1].contains("put a=1"), "{:#?}", r.minimal);
+        assert!(r.minimal[2].contains("get a"), "{:#?}", r.minimal);
+    }
+
+    #[test]
+    fn lost_write_is_rejected() {
+        // Acknowledged at revision 2, but a later read at revision 3 does not see it and the
+        // watch history has another change at 2.
+        let h = H::new()
+            .op(0, 1, put("a", "1"), wrote(2))
+            .op(2, 3, put("b", "1"), wrote(3))
+            .op(4, 5, get("a"), read(3, vec![]));
+        let log = committed(&[put("c", "0"), put("b", "1")]);
+        let r = check(&h, &log);
+        assert!(illegal(&r), "{r:#?}");
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("lost write") || a.contains("phantom")),
+            "{:?}",
+            r.anomalies
+        );
+    }
+
+    #[test]
+    fn duplicated_revision_is_rejected() {
+        let h = H::new()
+            .op(0, 1, put("a", "1"), wrote(2))
+            .op(0, 1, put("b", "1"), wrote(2));
+        let log = committed(&[put("a", "1"), put("b", "1")]);
+        let r = check(&h, &log);
+        assert!(illegal(&r), "{r:#?}");
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("acknowledged to 2 requests")),
+            "{:?}",
+            r.anomalies
+        );
+    }
+
+    #[test]
+    fn a_write_seen_before_it_was_invoked_is_rejected() {
+        let h = H::new()
+            .op(0, 1, get("a"), read(2, vec![kv("a", "1", 2, 2, 1)]))
+            .op(2, 3, put("a", "1"), wrote(2));
+        let log = committed(&[put("a", "1")]);
+        let mut first_seen = BTreeMap::new();
+        first_seen.insert(2, 1);
+        let r = check_history(&h.ops, &log, &first_seen, Limits::default());
+        assert!(illegal(&r), "{r:#?}");
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("before its request was invoked")),
+            "{:?}",
+            r.anomalies
+        );
+    }
+
+    #[test]
+    fn a_txn_whose_compare_was_misjudged_is_rejected() {
+        let create = |value: &str| {
+            Request::Txn(TxnRequest {
+                compares: vec![Compare::Field {
+                    key: "a".into(),
+                    target: CompareTarget::Mod(0),
+                    op: CompareOp::Equal,
+                }],
+                success: vec![TxnOp::Put {
+                    key: "a".into(),
+                    value: value.into(),
+                    lease: 0,
+                }],
+                failure: vec![TxnOp::Range(RangeRequest::key("a"))],
+            })
+        };
+        let h = H::new()
+            .op(
+                0,
+                1,
+                create("1"),
+                Outcome::Ok(Response::Txn {
+                    revision: 2,
+                    succeeded: true,
+                    results: vec![TxnResult::Put],
+                }),
+            )
+            // A second create of the same key cannot succeed.
+            .op(
+                2,
+                3,
+                create("2"),
+                Outcome::Ok(Response::Txn {
+                    revision: 3,
+                    succeeded: true,
+                    results: vec![TxnResult::Put],
+                }),
+            );
+        let log = committed(&[put("a", "1"), put("a", "2")]);
+        assert!(illegal(&check(&h, &log)));
+    }
+
+    #[test]
+    fn wrong_versions_and_create_revisions_are_rejected() {
+        let h = H::new()
+            .op(0, 1, put("a", "1"), wrote(2))
+            .op(2, 3, put("a", "2"), wrote(3))
+            .op(4, 5, get("a"), read(3, vec![kv("a", "2", 3, 3, 1)]));
+        let log = committed(&[put("a", "1"), put("a", "2")]);
+        assert!(illegal(&check(&h, &log)));
+    }
+
+    #[test]
+    fn a_lease_that_comes_back_after_its_revoke_is_rejected() {
+        let h = H::new()
+            .op(0, 1, put_lease("a", "1", 7), wrote(2))
+            .op(
+                2,
+                3,
+                Request::LeaseRevoke { id: 7 },
+                Outcome::Ok(Response::LeaseRevoke { revision: 3 }),
+            )
+            .op(4, 5, put_lease("b", "1", 7), wrote(4));
+        let log = committed(&[
+            put_lease("a", "1", 7),
+            Request::LeaseRevoke { id: 7 },
+            put_lease("b", "1", 7),
+        ]);
+        assert!(illegal(&check(&h, &log)));
+        // Keep-alive answering alive after the revoke is as wrong.
+        let h = H::new()
+            .op(0, 1, put_lease("a", "1", 7), wrote(2))
+            .op(
+                2,
+                3,
+                Request::LeaseRevoke { id: 7 },
+                Outcome::Ok(Response::LeaseRevoke { revision: 3 }),
+            )
+            .op(
+                4,
+                5,
+                Request::LeaseKeepAlive { id: 7 },
+                Outcome::Ok(Response::LeaseKeepAlive { ttl: 1 }),
+            );
+        let log = committed(&[put_lease("a", "1", 7), Request::LeaseRevoke { id: 7 }]);
+        assert!(illegal(&check(&h, &log)));
+    }
+
+    #[test]
+    fn a_lease_expiry_deleting_part_of_its_keys_is_rejected() {
+        let h = H::new().op(0, 1, put_lease("a", "1", 7), wrote(2)).op(
+            2,
+            3,
+            put_lease("b", "1", 7),
+            wrote(3),
+        );
+        let mut log = committed(&[put_lease("a", "1", 7), put_lease("b", "1", 7)]);
+        // The server deletes a alone at revision 4.
+        log.revisions.insert(
+            4,
+            vec![Event {
+                put: false,
+                kv: KeyValue {
+                    key: "a".into(),
+                    value: String::new(),
+                    create_revision: 0,
+                    mod_revision: 4,
+                    version: 0,
+                    lease: 0,
+                },
+                prev: None,
+            }],
+        );
+        log.last = 4;
+        let r = check(&h, &log);
+        assert!(
+            r.anomalies.iter().any(|a| a.contains("phantom delete")),
+            "{:?}",
+            r.anomalies
+        );
+        // Deleting both in one revision is a legal expiry.
+        let mut ok = committed(&[put_lease("a", "1", 7), put_lease("b", "1", 7)]);
+        ok.revisions.insert(
+            4,
+            committed(&[
+                put_lease("a", "1", 7),
+                put_lease("b", "1", 7),
+                Request::LeaseRevoke { id: 7 },
+            ])
+            .revisions[&4]
+                .clone(),
+        );
+        ok.last = 4;
+        let r = check(&h, &ok);
+        assert_eq!(r.verdict, "linearizable", "{r:#?}");
+        assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+        assert_eq!(r.lease_expiries, 1);
+    }
+
+    #[test]
+    fn indeterminate_writes_are_resolved_from_the_watch_history() {
+        // A timed-out put that committed (seen by a later read) and one that did not.
+        let h = H::new()
+            .op(0, 100, put("a", "1"), Outcome::Unknown("timeout".into()))
+            .op(0, 100, put("b", "1"), Outcome::Unknown("timeout".into()))
+            .op(200, 201, get("a"), read(2, vec![kv("a", "1", 2, 2, 1)]));
+        let log = committed(&[put("a", "1")]);
+        let r = check(&h, &log);
+        assert_eq!(r.verdict, "linearizable", "{r:#?}");
+        assert_eq!((r.indeterminate_pinned, r.indeterminate_dropped), (1, 1));
+        // A read cannot see the dropped one.
+        let h = h.op(300, 301, get("b"), read(2, vec![kv("b", "1", 2, 2, 1)]));
+        assert!(illegal(&check(&h, &log)));
+    }
+
+    #[test]
+    fn a_definitely_failed_write_that_committed_is_reported() {
+        let h = H::new().op(
+            0,
+            1,
+            put("a", "1"),
+            Outcome::Failed("etcdserver: requested lease not found".into()),
+        );
+        let log = committed(&[put("a", "1")]);
+        let r = check(&h, &log);
+        assert!(
+            r.anomalies.iter().any(|a| a.contains("failed definitely")),
+            "{:?}",
+            r.anomalies
+        );
+    }
+
+    #[test]
+    fn old_revision_reads_and_compactions_are_checked_against_the_history() {
+        let mut at_2 = RangeRequest::key("a");
+        at_2.revision = 2;
+        let h = H::new()
+            .op(0, 1, put("a", "1"), wrote(2))
+            .op(2, 3, put("a", "2"), wrote(3))
+            // The value at revision 2 was 1.
+            .op(
+                4,
+                5,
+                Request::Range(at_2.clone()),
+                read(3, vec![kv("a", "2", 2, 3, 2)]),
+            );
+        let log = committed(&[put("a", "1"), put("a", "2")]);
+        let r = check(&h, &log);
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("the committed history has")),
+            "{:?}",
+            r.anomalies
+        );
+        // An answer at revision 2 after a compaction to 3 was acknowledged.
+        let h = H::new()
+            .op(0, 1, put("a", "1"), wrote(2))
+            .op(2, 3, put("a", "2"), wrote(3))
+            .op(
+                4,
+                5,
+                Request::Compact { revision: 3 },
+                Outcome::Ok(Response::Compact { revision: 3 }),
+            )
+            .op(
+                6,
+                7,
+                Request::Range(at_2.clone()),
+                read(3, vec![kv("a", "1", 2, 2, 1)]),
+            );
+        let r = check(&h, &log);
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("compaction to 3 was acknowledged")),
+            "{:?}",
+            r.anomalies
+        );
+        // ErrCompacted without any compaction requested.
+        let h = H::new().op(0, 1, put("a", "1"), wrote(2)).op(
+            2,
+            3,
+            Request::Range(at_2),
+            Outcome::Failed("mvcc: required revision has been compacted".into()),
+        );
+        let r = check(&h, &committed(&[put("a", "1")]));
+        assert!(
+            r.anomalies
+                .iter()
+                .any(|a| a.contains("no compaction above")),
+            "{:?}",
+            r.anomalies
+        );
+    }
+
+    #[test]
+    fn a_value_committed_twice_is_reported() {
+        let h = H::new().op(0, 1, put("a", "1"), Outcome::Unknown("timeout".into()));
+        let mut log = committed(&[put("a", "1")]);
+        let mut again = log.revisions[&2].clone();
+        again[0].kv.mod_revision = 3;
+        again[0].kv.version = 2;
+        log.revisions.insert(3, again);
+        log.last = 3;
+        let r = check(&h, &log);
+        assert!(
+            r.anomalies.iter().any(|a| a.contains("committed 2 times")),
+            "{:?}",
+            r.anomalies
+        );
     }
 }

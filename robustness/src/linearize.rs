@@ -252,7 +252,7 @@ fn state_hash<S: Hash>(state: &S) -> u64 {
 
 /// Zobrist keys: fixed pseudo-random 128-bit values per operation (SplitMix64).
 fn zobrist(n: usize) -> Vec<u128> {
-    let mut x: u64 = 0x5eed_0f_11ea_2ab1;
+    let mut x: u64 = 0x005e_ed0f_11ea_2ab1;
     let mut next = || {
         x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = x;
@@ -294,7 +294,7 @@ fn search<M: Model>(
             return Verdict::Linearizable;
         }
         stats.steps += 1;
-        if stats.steps % 4096 == 0 && Instant::now() >= deadline {
+        if stats.steps.is_multiple_of(4096) && Instant::now() >= deadline {
             stats.deepest_len = deepest.len();
             stats.deepest_tail = deepest.iter().rev().take(8).rev().copied().collect();
             stats.stuck = stuck.clone();

@@ -122,6 +122,7 @@ fn real_main() -> Result<(), String> {
             traffic: duration,
             clients_per_member: clients,
             artifacts: Some(artifacts.clone()),
+            inject: Vec::new(),
         };
         let report = runtime.block_on(run_caught(config));
         println!(

@@ -35,6 +35,75 @@ pub struct RunConfig {
     pub clients_per_member: usize,
     /// Where to write the history of a failing run.
     pub artifacts: Option<PathBuf>,
+    /// Corrupt the recording before the checks (the checker's own end-to-end test).
+    pub inject: Vec<Injection>,
+}
+
+/// An anomaly planted in a real recording, to show that the checks catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Injection {
+    /// A linearizable read answers a value that never was.
+    CorruptRead,
+    /// An acknowledged put disappears from every watch (as if the store had lost it).
+    LostWrite,
+    /// One watch session misses one event.
+    DroppedWatchEvent,
+}
+
+fn plant(injections: &[Injection], ops: &mut [Operation], sessions: &mut [Session]) -> Vec<String> {
+    use crate::history::Response;
+    let mut planted = Vec::new();
+    for injection in injections {
+        match injection {
+            Injection::CorruptRead => {
+                let target = ops.iter_mut().find(|o| {
+                    matches!(&o.request, Request::Range(r) if r.revision == 0 && !r.serializable && r.end.is_none())
+                        && matches!(&o.outcome, Outcome::Ok(Response::Range { result, .. }) if !result.kvs.is_empty())
+                });
+                if let Some(op) = target {
+                    if let Outcome::Ok(Response::Range { result, .. }) = &mut op.outcome {
+                        result.kvs[0].value = "never-written".into();
+                        planted.push(format!("corrupted read #{}", op.id));
+                    }
+                }
+            }
+            Injection::LostWrite => {
+                let target = ops
+                    .iter()
+                    .rev()
+                    .find_map(|o| match (&o.request, &o.outcome) {
+                        (Request::Put { key, value, .. }, Outcome::Ok(_)) => {
+                            Some((key.clone(), value.clone()))
+                        }
+                        _ => None,
+                    });
+                if let Some((key, value)) = target {
+                    for session in sessions.iter_mut() {
+                        for response in &mut session.responses {
+                            response
+                                .events
+                                .retain(|e| !(e.put && e.kv.key == key && e.kv.value == value));
+                        }
+                    }
+                    planted.push(format!("lost write {key}={value}"));
+                }
+            }
+            Injection::DroppedWatchEvent => {
+                if let Some(session) = sessions.iter_mut().find(|s| s.events().count() > 10) {
+                    if let Some(response) = session
+                        .responses
+                        .iter_mut()
+                        .rev()
+                        .find(|r| r.events.len() == 1)
+                    {
+                        response.events.clear();
+                        planted.push(format!("dropped an event of watcher {}", session.watcher));
+                    }
+                }
+            }
+        }
+    }
+    planted
 }
 
 /// Every (members, scenario) pair, in a fixed order: seed `s` runs pair `s % len`, so that
@@ -200,9 +269,9 @@ pub async fn run(config: RunConfig) -> RunReport {
     let mut traffic_tasks: Vec<JoinHandle<Vec<Operation>>> = Vec::new();
     let mut client_id = 0;
     let max_ops = 1_000_000;
-    for m in 0..config.members {
+    for (m, endpoint) in endpoints.iter().enumerate() {
         for _ in 0..config.clients_per_member {
-            let client = match connect(&endpoints[m]).await {
+            let client = match connect(endpoint).await {
                 Ok(c) => c,
                 Err(e) => {
                     report.anomalies.push(format!("harness: {e}"));
@@ -335,6 +404,10 @@ pub async fn run(config: RunConfig) -> RunReport {
     // Check.
     for (i, op) in ops.iter_mut().enumerate() {
         op.id = i;
+    }
+    if !config.inject.is_empty() {
+        let planted = plant(&config.inject, &mut ops, &mut sessions);
+        report.fault.notes.push(format!("planted: {planted:?}"));
     }
     report.operations = ops.len();
     report.succeeded = ops.iter().filter(|o| o.outcome.is_ok()).count();
