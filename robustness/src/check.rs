@@ -966,6 +966,7 @@ mod tests {
         let r = check(&h, &log);
         assert!(illegal(&r), "{r:#?}");
         // The state at revision 31, the write and the read: nothing else.
+        eprintln!("{}", r.minimal.join("\n"));
         assert_eq!(r.minimal.len(), 3, "{:#?}", r.minimal);
         assert!(r.minimal[1].contains("put a=1"), "{:#?}", r.minimal);
         assert!(r.minimal[2].contains("get a"), "{:#?}", r.minimal);
