@@ -284,11 +284,13 @@ fn search<M: Model>(
     let mut visited: HashSet<(u128, u64)> = HashSet::new();
     let mut linearized: u128 = 0;
     let mut state = initial;
-    // (local op, state before it)
-    let mut stack: Vec<(usize, M::State)> = Vec::new();
+    // (local op, state before it, forced): a forced step is never a choice point (below).
+    let mut stack: Vec<(usize, M::State, bool)> = Vec::new();
     let mut deepest: Vec<usize> = Vec::new();
     let mut stuck: Vec<usize> = Vec::new();
     let mut cursor = list.events[0].next;
+    // Whether the current state was just reached (and not yet searched for a forced step).
+    let mut fresh = true;
     loop {
         if required_left == 0 {
             return Verdict::Linearizable;
@@ -302,30 +304,76 @@ fn search<M: Model>(
                 reason: format!("no answer within {:?}", limits.time),
             };
         }
+        let mut dead_end = false;
+        if fresh {
+            fresh = false;
+            // A required operation that fits here without changing the state is linearized
+            // at once and is not a choice point: any linearization that places it later can
+            // place it here instead (the states in between are the same, and everything that
+            // had to precede it is already linearized since it is pending now). This keeps
+            // concurrent reads from multiplying the configurations.
+            let mut scan = list.events[0].next;
+            let mut forced = None;
+            while scan != NIL && list.events[scan].kind == Kind::Call {
+                let local = list.events[scan].op;
+                if required(local) {
+                    if let Some(next) = model.step(&state, &ops[part[local]].op) {
+                        if next == state {
+                            forced = Some(local);
+                            break;
+                        }
+                    }
+                }
+                scan = list.events[scan].next;
+            }
+            if let Some(local) = forced {
+                let key = (linearized ^ keys[local], state_hash(&state));
+                if visited.insert(key) {
+                    if visited.len() > limits.max_visited {
+                        stats.visited = visited.len();
+                        return Verdict::Unknown {
+                            reason: format!(
+                                "more than {} configurations visited",
+                                limits.max_visited
+                            ),
+                        };
+                    }
+                    list.lift(local);
+                    linearized ^= keys[local];
+                    required_left -= 1;
+                    stack.push((local, state.clone(), true));
+                    cursor = list.events[0].next;
+                    stats.visited = visited.len();
+                    fresh = true;
+                    continue;
+                }
+                // Already explored from there, without success.
+                dead_end = true;
+            }
+        }
         let at_return = cursor != NIL && list.events[cursor].kind == Kind::Return;
-        if cursor == NIL || at_return {
-            // Nothing more can be linearized here: remember the deepest point, then go back.
+        if dead_end || cursor == NIL || at_return {
+            // Nothing more can be linearized here: remember the deepest point, then go back
+            // to the last choice point.
             if stack.len() >= deepest.len() {
-                deepest = stack.iter().map(|(local, _)| part[*local]).collect();
+                deepest = stack.iter().map(|(local, _, _)| part[*local]).collect();
                 stuck = pending(&list, part);
             }
-            let Some((local, previous)) = stack.pop() else {
-                return Verdict::Illegal {
-                    deepest: if deepest.is_empty() {
-                        Vec::new()
-                    } else {
-                        deepest
-                    },
-                    stuck,
+            loop {
+                let Some((local, previous, forced)) = stack.pop() else {
+                    return Verdict::Illegal { deepest, stuck };
                 };
-            };
-            list.unlift(local);
-            linearized ^= keys[local];
-            if required(local) {
-                required_left += 1;
+                list.unlift(local);
+                linearized ^= keys[local];
+                if required(local) {
+                    required_left += 1;
+                }
+                state = previous;
+                if !forced {
+                    cursor = list.events[list.slots[local].0].next;
+                    break;
+                }
             }
-            state = previous;
-            cursor = list.events[list.slots[local].0].next;
             continue;
         }
         let local = list.events[cursor].op;
@@ -354,9 +402,10 @@ fn search<M: Model>(
                     if required(local) {
                         required_left -= 1;
                     }
-                    stack.push((local, std::mem::replace(&mut state, next)));
+                    stack.push((local, std::mem::replace(&mut state, next), false));
                     cursor = list.events[0].next;
                     stats.visited = visited.len();
+                    fresh = true;
                     continue;
                 }
                 cursor = list.events[cursor].next;
