@@ -20,6 +20,8 @@ const RESUME_BACKOFF: Duration = Duration::from_millis(100);
 /// A stream silent for this long (no event, no progress) is considered stuck and reopened.
 const SILENCE: Duration = Duration::from_secs(15);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whatever the run does, a watcher never outlives this.
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 pub struct WatcherConfig {
     pub id: usize,
@@ -100,8 +102,9 @@ pub async fn run(config: WatcherConfig, clock: Clock, mut control: Control) -> V
     let mut start = config.start_revision;
     let mut member = config.home;
     let mut failures_here = 0;
+    let born = Instant::now();
     for _ in 0..MAX_SESSIONS {
-        if control.abort.load(Ordering::Relaxed) {
+        if control.abort.load(Ordering::Relaxed) || born.elapsed() > MAX_LIFETIME {
             break;
         }
         let endpoint = config.endpoints[member % config.endpoints.len()].clone();
@@ -143,7 +146,7 @@ pub async fn run(config: WatcherConfig, clock: Clock, mut control: Control) -> V
         let mut last_request = Instant::now();
         let mut last_heard = Instant::now();
         let done = loop {
-            if control.abort.load(Ordering::Relaxed) {
+            if control.abort.load(Ordering::Relaxed) || born.elapsed() > MAX_LIFETIME {
                 break true;
             }
             let target = *control.target.borrow();
