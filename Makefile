@@ -92,9 +92,10 @@ bench-build: deps
 	$(CARGO) build --locked --release -p keelson --bin keelson
 	$(CARGO) build --locked --release -p keelson-bench --bin keelson-bench
 
-## keelson and the real etcd side by side (both fsync on, fresh data dirs under /tmp), three
-## alternating rounds of the fixed scenarios, at most 15 minutes; prints the table of medians
-## and writes bench/results/LATEST.md (the previous one is kept as bench/results/<date>.md).
+## keelson and the real etcd side by side (both fsync on, fresh data dirs under /tmp), as one
+## member and as 3-member clusters (put, linearizable get, leader failover), three alternating
+## rounds of the fixed scenarios, at most 15 minutes; prints the tables of medians and writes
+## bench/results/LATEST.md (the previous one is kept as bench/results/<date>.md).
 bench: test-deps bench-build
 	$(BENCH_BIN) suite --keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
 		--results-dir $(CURDIR)/bench/results $(BENCH_ARGS) </dev/null

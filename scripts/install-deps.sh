@@ -3,6 +3,9 @@
 # Runs without a terminal: CI has no standard input.
 set -euo pipefail
 
+# libprotobuf-dev: protoc's well-known types (google/protobuf/descriptor.proto, struct.proto),
+# which etcd-client's build script imports; protobuf-compiler only recommends it, and
+# recommendations are not installed below.
 packages=(libclang-dev clang protobuf-compiler libprotobuf-dev)
 if [ "${1:-}" = "--test" ]; then
   # etcd and etcdctl: the reference; prometheus: promtool (checks /metrics and runs etcd's

@@ -273,22 +273,25 @@ pub struct CpuMeter {
     start: Instant,
     machine: Option<f64>,
     bench: Option<f64>,
-    server: Option<f64>,
-    server_pid: Option<u32>,
+    /// Each server process and the CPU seconds it had used when the meter started.
+    servers: Vec<(u32, Option<f64>)>,
 }
 
 impl CpuMeter {
-    pub fn start(server_pid: Option<u32>) -> CpuMeter {
+    /// Starts measuring; `server_pids` are the members (one, or every member of a cluster).
+    pub fn start(server_pids: &[u32]) -> CpuMeter {
         CpuMeter {
             start: Instant::now(),
             machine: machine_busy_seconds(),
             bench: process_cpu_seconds("self"),
-            server: server_pid.and_then(|p| process_cpu_seconds(&p.to_string())),
-            server_pid,
+            servers: server_pids
+                .iter()
+                .map(|&pid| (pid, process_cpu_seconds(&pid.to_string())))
+                .collect(),
         }
     }
 
-    /// Call while the server still runs.
+    /// Call while the servers still run (a process that is gone has no CPU time to read).
     pub fn stop(&self) -> CpuUse {
         let delta = |before: Option<f64>, now: Option<f64>| match (before, now) {
             (Some(b), Some(n)) => (n - b).max(0.0),
@@ -296,11 +299,11 @@ impl CpuMeter {
         };
         let machine = delta(self.machine, machine_busy_seconds());
         let bench = delta(self.bench, process_cpu_seconds("self"));
-        let server = delta(
-            self.server,
-            self.server_pid
-                .and_then(|p| process_cpu_seconds(&p.to_string())),
-        );
+        let server: f64 = self
+            .servers
+            .iter()
+            .map(|&(pid, before)| delta(before, process_cpu_seconds(&pid.to_string())))
+            .sum();
         CpuUse {
             server_secs: server,
             bench_secs: bench,

@@ -1,6 +1,7 @@
 //! keelson-bench: a load generator for the etcd v3 API (keelson or etcd alike), and the
 //! side-by-side suite behind `make bench` and `make bench-scale`. See bench/README.md.
 
+mod cluster;
 mod keys;
 mod machine;
 mod opts;

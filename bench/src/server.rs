@@ -47,11 +47,21 @@ pub struct ServerSpec {
     pub extra_args: Vec<String>,
 }
 
+/// A member's place in a cluster of several: its name and the flags every member shares.
+#[derive(Clone, Debug)]
+struct Membership {
+    name: String,
+    initial_cluster: String,
+    token: String,
+}
+
 pub struct ServerProc {
     spec: ServerSpec,
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// `None` for a single member (named `bench`, flags as in the single-member suite).
+    membership: Option<Membership>,
     child: Option<Child>,
     launches: u32,
 }
@@ -73,12 +83,16 @@ impl ServerProc {
                     .map_err(|e| format!("clean {}: {e}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let (client_port, peer_port) = two_free_ports()?;
+            let (client_port, peer_port) = match free_ports(2)?[..] {
+                [client, peer] => (client, peer),
+                _ => return Err("free_ports returned the wrong count".into()),
+            };
             let mut server = ServerProc {
                 spec: spec.clone(),
                 dir,
                 client_port,
                 peer_port,
+                membership: None,
                 child: None,
                 launches: 0,
             };
@@ -102,6 +116,104 @@ impl ServerProc {
         Err(format!(
             "no free ports after {PORT_ATTEMPTS} attempts: {last}"
         ))
+    }
+
+    /// Starts `size` members of one new cluster (`--initial-cluster` naming all of them,
+    /// `--initial-cluster-state new`, a token of their own), each on a fresh data directory
+    /// `<parent>/<label>-m<i>-<attempt>`, and waits until every one is ready, at most `timeout`
+    /// in all. Everything else is as for one member: default heartbeat and election timeouts,
+    /// fsync on.
+    pub async fn start_cluster(
+        spec: ServerSpec,
+        parent: &Path,
+        label: &str,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ServerProc>, String> {
+        let mut last = String::new();
+        for attempt in 0..PORT_ATTEMPTS {
+            let ports = free_ports(2 * size)?;
+            let names: Vec<String> = (0..size).map(|i| format!("m{i}")).collect();
+            let initial_cluster = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("{name}=http://127.0.0.1:{}", ports[2 * i + 1]))
+                .collect::<Vec<_>>()
+                .join(",");
+            // A token of its own per attempt, so that a member left over from a failed attempt
+            // can never be taken for a member of the next one.
+            let token = format!("keelson-bench-{}-{label}-{attempt}", std::process::id());
+            let mut members = Vec::with_capacity(size);
+            for (i, name) in names.iter().enumerate() {
+                let dir = parent.join(format!("{label}-{name}-{attempt}"));
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .map_err(|e| format!("clean {}: {e}", dir.display()))?;
+                }
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("create {}: {e}", dir.display()))?;
+                members.push(ServerProc {
+                    spec: spec.clone(),
+                    dir,
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    membership: Some(Membership {
+                        name: name.clone(),
+                        initial_cluster: initial_cluster.clone(),
+                        token: token.clone(),
+                    }),
+                    child: None,
+                    launches: 0,
+                });
+            }
+            // Every member is spawned before any is waited for: none becomes ready before a
+            // quorum runs and has elected a leader.
+            let mut outcome = Ok(());
+            for member in &mut members {
+                if let Err(e) = member.spawn() {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            if outcome.is_ok() {
+                let deadline = Instant::now() + timeout;
+                for member in &mut members {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if let Err(e) = member.wait_ready(left).await {
+                        outcome = Err(format!("member {}: {e}", member.name()));
+                        break;
+                    }
+                }
+            }
+            match outcome {
+                Ok(()) => return Ok(members),
+                Err(e) => {
+                    let in_use = members.iter().any(|m| {
+                        m.log_tail(40)
+                            .to_lowercase()
+                            .contains("address already in use")
+                    });
+                    for member in &mut members {
+                        member.kill();
+                        member.remove_files();
+                    }
+                    if !in_use {
+                        return Err(e);
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(format!(
+            "no free ports for a cluster after {PORT_ATTEMPTS} attempts: {last}"
+        ))
+    }
+
+    /// The member's name (`bench` for a single member).
+    pub fn name(&self) -> &str {
+        self.membership
+            .as_ref()
+            .map_or("bench", |m| m.name.as_str())
     }
 
     pub fn endpoint(&self) -> String {
@@ -129,7 +241,7 @@ impl ServerProc {
     fn args(&self) -> Vec<String> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let name = "bench";
+        let name = self.name();
         let mut args = vec![
             "--name".into(),
             name.into(),
@@ -143,9 +255,18 @@ impl ServerProc {
             peer.clone(),
             "--initial-advertise-peer-urls".into(),
             peer.clone(),
-            "--initial-cluster".into(),
-            format!("{name}={peer}"),
         ];
+        match &self.membership {
+            None => args.extend(["--initial-cluster".into(), format!("{name}={peer}")]),
+            Some(m) => args.extend([
+                "--initial-cluster".into(),
+                m.initial_cluster.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                m.token.clone(),
+            ]),
+        }
         args.extend(self.spec.extra_args.iter().cloned());
         args
     }
@@ -218,6 +339,13 @@ impl ServerProc {
         }
     }
 
+    /// Spawns the process again on its data directory (after [`ServerProc::kill`]) and waits
+    /// until it is ready, at most `timeout`.
+    pub async fn restart(&mut self, timeout: Duration) -> Result<Duration, String> {
+        self.spawn()?;
+        self.wait_ready(timeout).await
+    }
+
     /// Polls with a fresh connection each time until a linearizable Range succeeds; returns
     /// the time since `since` (the spawn instant).
     pub async fn wait_first_read(
@@ -281,6 +409,17 @@ impl ServerProc {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to the process group, without waiting: lets the members of a cluster shut
+    /// down together rather than one after another.
+    pub fn terminate(&self) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: plain kill(2) on the group we created.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGTERM);
+            }
         }
     }
 
@@ -348,6 +487,26 @@ pub async fn first_read(endpoint: &str, limit: Duration) -> Result<(), String> {
     }
 }
 
+/// Maintenance.Status of one member over a fresh connection: its own member ID and the ID of
+/// the leader it knows (0 when it knows none).
+pub async fn member_status(endpoint: &str, limit: Duration) -> Result<(u64, u64), String> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(limit)
+        .with_timeout(limit);
+    let probe = async {
+        let mut client = Client::connect([endpoint], Some(options)).await?;
+        client.status().await
+    };
+    match tokio::time::timeout(limit, probe).await {
+        Ok(Ok(status)) => match status.header() {
+            Some(header) => Ok((header.member_id(), status.leader())),
+            None => Err("Status answered without a header".into()),
+        },
+        Ok(Err(e)) => Err(crate::report::error_text(&e)),
+        Err(_) => Err(format!("no Status answer within {limit:?}")),
+    }
+}
+
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -377,9 +536,15 @@ pub fn disk_usage(path: &Path) -> u64 {
     total
 }
 
-fn two_free_ports() -> Result<(u16, u16), String> {
-    let a = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    let b = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string());
-    Ok((port(&a)?, port(&b)?))
+/// `n` distinct free loopback ports. The listeners are all held until every port is known, so
+/// no port is handed out twice; another process may still take one before the server binds
+/// it, which the callers retry.
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+        .collect()
 }

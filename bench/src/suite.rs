@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
 use crate::machine::{self, CpuMeter, CpuUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
-use crate::report::{fmt_num, Report, Status};
+use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
 use crate::workload;
 
@@ -114,10 +115,10 @@ const KEY_SPACE: u64 = 100_000;
 const LIST_KEYS: u64 = 1_000;
 const LIST_PREFIX: &str = "l/";
 const WATCH_PREFIX: &str = "w/";
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
-enum Mode {
+pub(crate) enum Mode {
     Put,
     Range(Consistency),
     List,
@@ -127,8 +128,8 @@ enum Mode {
     Load,
 }
 
-struct Scenario {
-    name: &'static str,
+pub(crate) struct Scenario {
+    pub(crate) name: &'static str,
     what: &'static str,
     mode: Mode,
     clients: usize,
@@ -138,11 +139,23 @@ struct Scenario {
     key_space: u64,
     prefix: &'static str,
     /// Whether the scenario is measured (setup loads are shown but marked as setup).
-    setup: bool,
+    pub(crate) setup: bool,
 }
 
-fn scenarios() -> Vec<Scenario> {
-    let s = |name, what, mode, clients, conns, total, secs, key_space, prefix, setup| Scenario {
+#[allow(clippy::too_many_arguments)]
+fn scenario(
+    name: &'static str,
+    what: &'static str,
+    mode: Mode,
+    clients: usize,
+    conns: usize,
+    total: u64,
+    secs: f64,
+    key_space: u64,
+    prefix: &'static str,
+    setup: bool,
+) -> Scenario {
+    Scenario {
         name,
         what,
         mode,
@@ -153,7 +166,12 @@ fn scenarios() -> Vec<Scenario> {
         key_space,
         prefix,
         setup,
-    };
+    }
+}
+
+/// The single-member scenarios, in the order they run on one server.
+fn scenarios() -> Vec<Scenario> {
+    let s = scenario;
     vec![
         s(
             "load-100k",
@@ -305,9 +323,54 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// The load scenarios of the 3-member runs, in the order they run on one cluster; the
+/// failover measurement ([`crate::cluster::FAILOVER_SCENARIO`]) follows them. Every client
+/// knows the endpoints of all three members, as a real etcd client is configured.
+fn cluster_scenarios() -> Vec<Scenario> {
+    let s = scenario;
+    vec![
+        s(
+            "cluster3-load-100k",
+            "3 members, setup: load 100k keys, txns of 128 puts, 16 clients / 4 conns",
+            Mode::Load,
+            16,
+            4,
+            KEY_SPACE,
+            60.0,
+            KEY_SPACE,
+            "",
+            true,
+        ),
+        s(
+            "cluster3-put-64",
+            "3 members: put, 64 clients / 8 conns over all 3 endpoints, 100k keys",
+            Mode::Put,
+            64,
+            8,
+            500_000,
+            10.0,
+            KEY_SPACE,
+            "",
+            false,
+        ),
+        s(
+            "cluster3-range-l-64",
+            "3 members: get one key, linearizable, 64 clients / 8 conns over all 3 endpoints, 100k loaded keys",
+            Mode::Range(Consistency::L),
+            64,
+            8,
+            5_000_000,
+            10.0,
+            KEY_SPACE,
+            "",
+            false,
+        ),
+    ]
+}
+
 impl Scenario {
-    fn opts(&self, endpoint: &str, time_scale: f64) -> LoadOpts {
-        let mut o = LoadOpts::defaults(vec![endpoint.to_string()]);
+    fn opts(&self, endpoints: &[String], time_scale: f64) -> LoadOpts {
+        let mut o = LoadOpts::defaults(endpoints.to_vec());
         o.clients = self.clients;
         o.conns = self.conns;
         o.total = self.total;
@@ -325,8 +388,8 @@ impl Scenario {
         o
     }
 
-    async fn run(&self, endpoint: &str, time_scale: f64) -> Report {
-        let o = self.opts(endpoint, time_scale);
+    pub(crate) async fn run(&self, endpoints: &[String], time_scale: f64) -> Report {
+        let o = self.opts(endpoints, time_scale);
         match self.mode {
             Mode::Put => workload::put(&o).await,
             Mode::Range(consistency) => {
@@ -370,7 +433,7 @@ impl Scenario {
 
     /// Worst-case wall time, for the time budget.
     fn budget(&self, time_scale: f64) -> Duration {
-        let o = self.opts("x", time_scale);
+        let o = self.opts(&[], time_scale);
         o.duration + Duration::from_secs(8)
     }
 }
@@ -379,16 +442,60 @@ impl Scenario {
 pub struct ServerRun {
     pub kind: Kind,
     pub round: usize,
+    /// Members of the cluster this run measured: 1, or 3 for the cluster scenarios.
+    #[serde(default = "one_member")]
+    pub members: usize,
+    /// Spawn to ready; for a cluster, spawn of the first member to the last one ready.
     pub start_to_ready_ms: f64,
     pub scenarios: Vec<(String, Report)>,
+    /// For a cluster: summed over the members, read before the failover kills any.
     pub peak_rss_bytes: Option<u64>,
+    /// Each member's peak RSS (cluster runs only), read before the failover kills any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_peak_rss_bytes: Vec<Option<u64>>,
+    /// The leader kills of a cluster run, when the failover scenario ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
     /// CPU used while the scenarios ran, by the server, keelson-bench and everything else.
     #[serde(default)]
     pub cpu: CpuUse,
+    /// For a cluster: summed over the members.
     pub data_dir_bytes: u64,
     /// Set when the server could not be started or died during the run.
     pub failure: Option<String>,
     pub wall_secs: f64,
+}
+
+fn one_member() -> usize {
+    1
+}
+
+impl ServerRun {
+    pub(crate) fn new(kind: Kind, round: usize, members: usize) -> ServerRun {
+        ServerRun {
+            kind,
+            round,
+            members,
+            start_to_ready_ms: 0.0,
+            scenarios: Vec::new(),
+            peak_rss_bytes: None,
+            member_peak_rss_bytes: Vec::new(),
+            failover: None,
+            cpu: CpuUse::default(),
+            data_dir_bytes: 0,
+            failure: None,
+            wall_secs: 0.0,
+        }
+    }
+
+    /// `keelson r2`, or `keelson ×3 r2` for a cluster run.
+    pub fn label(&self) -> String {
+        if self.members > 1 {
+            format!("{} ×{} r{}", self.kind.name(), self.members, self.round + 1)
+        } else {
+            format!("{} r{}", self.kind.name(), self.round + 1)
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -399,12 +506,78 @@ pub struct SuiteResult {
     pub runs: Vec<ServerRun>,
     pub notes: Vec<String>,
     pub wall_secs: f64,
+    /// The single-member scenarios (name, description).
     pub scenarios: Vec<(String, String)>,
+    /// The 3-member scenarios (name, description), the failover last.
+    #[serde(default)]
+    pub cluster_scenarios: Vec<(String, String)>,
 }
+
+/// What one server run measures: the single-member scenarios on one member, or the 3-member
+/// scenarios on a cluster.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    kind: Kind,
+    members: usize,
+}
+
+/// The time to keep for the next run of a size: before one has run, its (capped) budget;
+/// then the longest seen with a margin. Every run is bounded by its own budget, but taking the
+/// budget each time would leave no room for the third round (runs take far less).
+fn predicted_need(longest_seen: Duration, budget: Duration) -> Duration {
+    if longest_seen.is_zero() {
+        budget
+    } else {
+        longest_seen.mul_f64(1.25) + Duration::from_secs(15)
+    }
+}
+
+/// Longest a cluster run is assumed to take before one has been seen (the setup load's budget
+/// alone is 68 s, but it takes a few seconds).
+const CLUSTER_RUN_ESTIMATE_CAP: Duration = Duration::from_secs(120);
+const SINGLE_RUN_ESTIMATE_CAP: Duration = Duration::from_secs(240);
 
 pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
     let kinds = args.bins.kinds()?;
     args.bins.check(&kinds)?;
+    let selected =
+        |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    let single: Vec<Scenario> = scenarios()
+        .into_iter()
+        .filter(|s| s.setup || selected(s.name))
+        .collect();
+    let cluster_list: Vec<Scenario> = cluster_scenarios()
+        .into_iter()
+        .filter(|s| s.setup || selected(s.name))
+        .collect();
+    let failovers = if selected(FAILOVER_SCENARIO) {
+        cluster::failovers_per_run(args.time_scale)
+    } else {
+        0
+    };
+    let single_measured = single.iter().any(|s| !s.setup);
+    let cluster_measured = cluster_list.iter().any(|s| !s.setup) || failovers > 0;
+    if !single_measured && !cluster_measured {
+        let names: Vec<&str> = scenarios()
+            .iter()
+            .chain(cluster_scenarios().iter())
+            .filter(|s| !s.setup)
+            .map(|s| s.name)
+            .chain([FAILOVER_SCENARIO])
+            .collect();
+        return Err(format!(
+            "--only {:?} selects no scenario; the scenarios are: {}",
+            args.only,
+            names.join(", ")
+        ));
+    }
+    let mut jobs = Vec::new();
+    for (measured, members) in [(single_measured, 1), (cluster_measured, CLUSTER_SIZE)] {
+        if measured {
+            jobs.extend(kinds.iter().map(|&kind| Job { kind, members }));
+        }
+    }
+
     let start = Instant::now();
     let deadline = start + args.max_time;
     let parent = args.bins.work_parent();
@@ -425,24 +598,40 @@ pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
     eprintln!(
         "suite: {} round(s) over {:?} in {}; machine: {} cores, {}, fsync {}",
         args.rounds,
-        kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        jobs.iter()
+            .map(|j| format!("{}×{}", j.kind.name(), j.members))
+            .collect::<Vec<_>>(),
         work.path().display(),
         machine.cores,
         machine.disk,
         machine.fsync_probe
     );
-    let list: Vec<Scenario> = scenarios()
-        .into_iter()
-        .filter(|s| {
-            s.setup || args.only.is_empty() || args.only.iter().any(|o| s.name.contains(o.as_str()))
-        })
-        .collect();
-    let run_budget: Duration = list
-        .iter()
-        .map(|s| s.budget(args.time_scale))
-        .sum::<Duration>()
-        + Duration::from_secs(20);
+    let budget_of = |list: &[Scenario]| -> Duration {
+        list.iter()
+            .map(|s| s.budget(args.time_scale))
+            .sum::<Duration>()
+            + Duration::from_secs(20)
+    };
+    let single_budget = budget_of(&single).min(SINGLE_RUN_ESTIMATE_CAP);
+    let cluster_budget = (budget_of(&cluster_list) + cluster::failover_budget(failovers))
+        .min(CLUSTER_RUN_ESTIMATE_CAP);
 
+    let describe = |list: &[Scenario]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|s| (s.name.to_string(), s.what.to_string()))
+            .collect()
+    };
+    let mut cluster_described = if cluster_measured {
+        describe(&cluster_list)
+    } else {
+        Vec::new()
+    };
+    if failovers > 0 {
+        cluster_described.push((
+            FAILOVER_SCENARIO.to_string(),
+            cluster::failover_description(failovers),
+        ));
+    }
     let mut result = SuiteResult {
         machine,
         rounds_planned: args.rounds,
@@ -450,34 +639,61 @@ pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
         runs: Vec::new(),
         notes: Vec::new(),
         wall_secs: 0.0,
-        scenarios: list
-            .iter()
-            .map(|s| (s.name.to_string(), s.what.to_string()))
-            .collect(),
+        scenarios: if single_measured {
+            describe(&single)
+        } else {
+            Vec::new()
+        },
+        cluster_scenarios: cluster_described,
     };
-    let mut longest_run = Duration::ZERO;
+    // The longest run seen so far of each size, to predict whether the next one fits.
+    let mut longest_single = Duration::ZERO;
+    let mut longest_cluster = Duration::ZERO;
     'rounds: for round in 0..args.rounds {
-        let mut order = kinds.clone();
+        let mut order = jobs.clone();
         if round % 2 == 1 {
             order.reverse();
         }
-        for kind in order {
+        for job in order {
+            let is_cluster = job.members > 1;
+            let need = if is_cluster {
+                predicted_need(longest_cluster, cluster_budget)
+            } else {
+                predicted_need(longest_single, single_budget)
+            };
             let left = deadline.saturating_duration_since(Instant::now());
-            let need = longest_run.max(run_budget.min(Duration::from_secs(240)));
             if left < need {
                 result.notes.push(format!(
-                    "stopped before round {} ({}) to stay within --max-time {:?}",
+                    "stopped before round {} ({} ×{}) to stay within --max-time {:?}",
                     round + 1,
-                    kind.name(),
+                    job.kind.name(),
+                    job.members,
                     args.max_time
                 ));
                 break 'rounds;
             }
             let t = Instant::now();
-            let run = run_server(&args, &list, kind, round, work.path()).await;
-            longest_run = longest_run.max(t.elapsed());
+            let run = if is_cluster {
+                cluster::run_cluster(
+                    &args,
+                    &cluster_list,
+                    failovers,
+                    job.kind,
+                    round,
+                    work.path(),
+                )
+                .await
+            } else {
+                run_server(&args, &single, job.kind, round, work.path()).await
+            };
+            let took = t.elapsed();
+            if is_cluster {
+                longest_cluster = longest_cluster.max(took);
+            } else {
+                longest_single = longest_single.max(took);
+            }
             if let Some(f) = &run.failure {
-                eprintln!("suite: {} round {}: {f}", kind.name(), round + 1);
+                eprintln!("suite: {}: {f}", run.label());
             }
             result.runs.push(run);
         }
@@ -494,17 +710,7 @@ async fn run_server(
     work: &Path,
 ) -> ServerRun {
     let wall = Instant::now();
-    let mut run = ServerRun {
-        kind,
-        round,
-        start_to_ready_ms: 0.0,
-        scenarios: Vec::new(),
-        peak_rss_bytes: None,
-        cpu: CpuUse::default(),
-        data_dir_bytes: 0,
-        failure: None,
-        wall_secs: 0.0,
-    };
+    let mut run = ServerRun::new(kind, round, 1);
     let label = format!("{}-r{}", kind.name(), round + 1);
     let t = Instant::now();
     let mut server =
@@ -523,9 +729,9 @@ async fn run_server(
         server.endpoint(),
         server.pid()
     );
-    let meter = CpuMeter::start(server.pid());
+    let meter = CpuMeter::start(server.pid().as_slice());
     for scenario in list {
-        let report = scenario.run(&server.endpoint(), args.time_scale).await;
+        let report = scenario.run(&[server.endpoint()], args.time_scale).await;
         eprintln!(
             "[{} r{}] {}",
             kind.name(),
@@ -582,10 +788,15 @@ struct Cell {
     per_round: Vec<Option<f64>>,
 }
 
-fn cell(result: &SuiteResult, kind: Kind, scenario: &str) -> Cell {
+/// The medians of `scenario` over the runs of `kind` with `members` members.
+fn cell(result: &SuiteResult, kind: Kind, members: usize, scenario: &str) -> Cell {
     let mut reports = Vec::new();
     let mut per_round = Vec::new();
-    for run in result.runs.iter().filter(|r| r.kind == kind) {
+    for run in result
+        .runs
+        .iter()
+        .filter(|r| r.kind == kind && r.members == members)
+    {
         let found = run
             .scenarios
             .iter()
@@ -654,7 +865,252 @@ fn mib(v: Option<f64>) -> Option<f64> {
     v.map(|b| b / 1024.0 / 1024.0)
 }
 
-/// The Markdown report: machine, table of medians, per-round throughput, errors, notes.
+/// The single-member scenarios (1 member) and the cluster ones, with their members.
+fn scenario_groups(result: &SuiteResult) -> [(usize, &[(String, String)]); 2] {
+    [
+        (1, result.scenarios.as_slice()),
+        (CLUSTER_SIZE, result.cluster_scenarios.as_slice()),
+    ]
+}
+
+/// The table of medians (throughput, latencies, ratios) of `names`, measured on `members`.
+fn medians_table(
+    out: &mut String,
+    result: &SuiteResult,
+    members: usize,
+    names: &[(String, String)],
+) {
+    let (k, e) = (Kind::Keelson, Kind::Etcd);
+    let _ = writeln!(out, "| scenario | unit/s | keelson | etcd | ratio ↑ | p50 keelson | p50 etcd | p99 keelson | p99 etcd | p99 ratio ↓ | p99.9 keelson | p99.9 etcd | errors keelson / etcd |");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for (name, _) in names {
+        if name == FAILOVER_SCENARIO {
+            continue;
+        }
+        let a = cell(result, k, members, name);
+        let b = cell(result, e, members, name);
+        let unit = result
+            .runs
+            .iter()
+            .filter(|r| r.members == members)
+            .flat_map(|r| r.scenarios.iter())
+            .find(|(n, r)| n == name && r.status == Status::Ok)
+            .map(|(_, r)| r.unit.clone())
+            .unwrap_or_default();
+        let show = |c: &Cell, v: Option<f64>| -> String {
+            if c.unsupported.is_some() {
+                "unsupported".into()
+            } else if c.runs_ok == 0 && c.failed.is_some() {
+                "failed".into()
+            } else {
+                num(v)
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {unit}s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            show(&a, a.ops),
+            show(&b, b.ops),
+            ratio(a.ops, b.ops),
+            show(&a, a.p50),
+            show(&b, b.p50),
+            show(&a, a.p99),
+            show(&b, b.p99),
+            ratio(a.p99, b.p99),
+            show(&a, a.p999),
+            show(&b, b.p999),
+            a.errors,
+            b.errors,
+        );
+    }
+}
+
+/// Median of `value` over the runs of `kind` with `members` members where it is known.
+fn run_median(
+    result: &SuiteResult,
+    kind: Kind,
+    members: usize,
+    value: impl Fn(&ServerRun) -> Option<f64>,
+) -> Option<f64> {
+    median(
+        result
+            .runs
+            .iter()
+            .filter(|r| r.kind == kind && r.members == members)
+            .filter_map(value)
+            .collect(),
+    )
+}
+
+/// Every failover sample of `kind`'s cluster runs, and the failover records themselves.
+fn failovers(result: &SuiteResult, kind: Kind) -> (Vec<f64>, Vec<&Failover>) {
+    let records: Vec<&Failover> = result
+        .runs
+        .iter()
+        .filter(|r| r.kind == kind)
+        .filter_map(|r| r.failover.as_ref())
+        .collect();
+    let samples = records
+        .iter()
+        .flat_map(|f| f.samples_ms.iter().copied())
+        .collect();
+    (samples, records)
+}
+
+/// The 3-member section: medians of the load scenarios, the failover, the members' memory.
+fn cluster_section(out: &mut String, result: &SuiteResult) {
+    let (k, e) = (Kind::Keelson, Kind::Etcd);
+    let _ = writeln!(
+        out,
+        "\n## 3-member clusters (keelson cluster vs etcd cluster)\n"
+    );
+    let _ = writeln!(
+        out,
+        "Three members of each on 127.0.0.1, started together with the same flags (`--initial-cluster` of \
+         the three, `--initial-cluster-state new`, default heartbeat and election timeouts, fsync on), \
+         fresh data dirs; every client knows the three endpoints. The three members and the load \
+         generator share the machine's {} cores. Throughput ratio = keelson / etcd: **higher is better \
+         for keelson**; latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms.\n",
+        result.machine.cores
+    );
+    medians_table(out, result, CLUSTER_SIZE, &result.cluster_scenarios);
+
+    if result
+        .cluster_scenarios
+        .iter()
+        .any(|(n, _)| n == FAILOVER_SCENARIO)
+    {
+        let (ks, kf) = failovers(result, k);
+        let (es, ef) = failovers(result, e);
+        let worst = |v: &[f64]| v.iter().copied().reduce(f64::max);
+        let planned = |f: &[&Failover]| f.iter().map(|f| f.planned).sum::<usize>();
+        let failed = |f: &[&Failover]| f.iter().map(|f| f.writes_failed.total).sum::<u64>();
+        let attempted = |f: &[&Failover]| f.iter().map(|f| f.writes_attempted).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "\n### 3-member failover: SIGKILL of the leader → first acknowledged write\n"
+        );
+        let _ = writeln!(
+            out,
+            "Over every kill of every round. **Lower is better for keelson.**\n"
+        );
+        let _ = writeln!(
+            out,
+            "| `{FAILOVER_SCENARIO}` | keelson | etcd | keelson / etcd ↓ |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| median, ms | {} | {} | {} |",
+            num(median(ks.clone())),
+            num(median(es.clone())),
+            ratio(median(ks.clone()), median(es.clone()))
+        );
+        let _ = writeln!(
+            out,
+            "| worst, ms | {} | {} | {} |",
+            num(worst(&ks)),
+            num(worst(&es)),
+            ratio(worst(&ks), worst(&es))
+        );
+        let _ = writeln!(
+            out,
+            "| kills measured / planned | {} / {} | {} / {} | |",
+            ks.len(),
+            planned(&kf),
+            es.len(),
+            planned(&ef)
+        );
+        let _ = writeln!(
+            out,
+            "| writes failed while waiting / issued (expected until a leader takes over) | {} / {} | {} / {} | |",
+            failed(&kf),
+            attempted(&kf),
+            failed(&ef),
+            attempted(&ef)
+        );
+        for (kind, records) in [(k, &kf), (e, &ef)] {
+            let mut texts = ErrorCounts::default();
+            for f in records.iter() {
+                for (text, n) in &f.writes_failed.kinds {
+                    texts.add(text.clone(), *n);
+                }
+            }
+            if !texts.kinds.is_empty() {
+                let list: Vec<String> = texts
+                    .kinds
+                    .iter()
+                    .map(|(t, n)| format!("{n} × `{}`", t.replace('`', "'")))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "\n{} writes failed while waiting: {}",
+                    kind.name(),
+                    list.join(", ")
+                );
+            }
+        }
+    }
+
+    let n = CLUSTER_SIZE;
+    let largest_member = |kind: Kind| {
+        mib(run_median(result, kind, n, |r| {
+            r.member_peak_rss_bytes
+                .iter()
+                .flatten()
+                .max()
+                .map(|&b| b as f64)
+        }))
+    };
+    let summed = |kind: Kind| {
+        mib(run_median(result, kind, n, |r| {
+            r.peak_rss_bytes.map(|b| b as f64)
+        }))
+    };
+    let disk = |kind: Kind| {
+        mib(run_median(result, kind, n, |r| {
+            (r.failure.is_none() && r.data_dir_bytes > 0).then_some(r.data_dir_bytes as f64)
+        }))
+    };
+    let ready = |kind: Kind| {
+        run_median(result, kind, n, |r| {
+            (r.start_to_ready_ms > 0.0).then_some(r.start_to_ready_ms)
+        })
+    };
+    let _ = writeln!(
+        out,
+        "\n| 3-member cluster (before the failover kills) | keelson | etcd | keelson / etcd (lower is better) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (what, a, b) in [
+        (
+            "peak RSS of the largest member, MiB",
+            largest_member(k),
+            largest_member(e),
+        ),
+        (
+            "peak RSS summed over the 3 members, MiB",
+            summed(k),
+            summed(e),
+        ),
+        ("data dirs summed over the 3 members, MiB", disk(k), disk(e)),
+        ("fresh start to all 3 ready, ms", ready(k), ready(e)),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {} | {} |",
+            num(a),
+            num(b),
+            ratio(a, b)
+        );
+    }
+}
+
+/// The Markdown report: machine, tables of medians (one member, then 3-member clusters),
+/// per-round throughput, errors, notes.
 pub fn markdown(result: &SuiteResult) -> String {
     let m = &result.machine;
     let k = Kind::Keelson;
@@ -686,7 +1142,16 @@ pub fn markdown(result: &SuiteResult) -> String {
     let _ = writeln!(out, "- keelson-bench {}; rounds: {} planned, {} server runs done, order alternating (keelson first in odd rounds); wall time {:.0} s{}",
         m.bench_version, result.rounds_planned, result.runs.len(), result.wall_secs,
         if (result.time_scale - 1.0).abs() > 1e-9 { format!("; durations scaled by {}", result.time_scale) } else { String::new() });
-    let _ = writeln!(out, "- both servers: default flags (fsync on; etcd 3.4 defaults, no --unsafe-no-fsync), one member on 127.0.0.1, fresh data dir per run; keys 8 bytes, values 256 bytes; the load generator runs on the same 2 cores\n");
+    let _ = writeln!(
+        out,
+        "- both servers: default flags (fsync on; etcd 3.4 defaults, no --unsafe-no-fsync), one member on 127.0.0.1{}, fresh data dir per run; keys 8 bytes, values 256 bytes; the load generator runs on the same {} cores\n",
+        if result.cluster_scenarios.is_empty() {
+            String::new()
+        } else {
+            ", then a 3-member cluster of each (below)".to_string()
+        },
+        m.cores
+    );
 
     let capacity = |r: &ServerRun| r.cpu.wall_secs * m.cores.max(1) as f64;
     let busy_runs: Vec<String> = result
@@ -695,9 +1160,8 @@ pub fn markdown(result: &SuiteResult) -> String {
         .filter(|r| capacity(r) > 0.0 && r.cpu.other_secs / capacity(r) > 0.05)
         .map(|r| {
             format!(
-                "{} r{} {:.0}%",
-                r.kind.name(),
-                r.round + 1,
+                "{} {:.0}%",
+                r.label(),
                 100.0 * r.cpu.other_secs / capacity(r)
             )
         })
@@ -710,113 +1174,63 @@ pub fn markdown(result: &SuiteResult) -> String {
             busy_runs.join(", ")
         );
     }
-    let _ = writeln!(out, "## Medians over the rounds\n");
-    let _ = writeln!(out, "Throughput ratio = keelson / etcd: **higher is better for keelson**. Latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms.\n");
-    let _ = writeln!(out, "| scenario | unit/s | keelson | etcd | ratio ↑ | p50 keelson | p50 etcd | p99 keelson | p99 etcd | p99 ratio ↓ | p99.9 keelson | p99.9 etcd | errors keelson / etcd |");
-    let _ = writeln!(
-        out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
-    );
-    for (name, _) in &result.scenarios {
-        let a = cell(result, k, name);
-        let b = cell(result, e, name);
-        let unit = result
-            .runs
-            .iter()
-            .flat_map(|r| r.scenarios.iter())
-            .find(|(n, r)| n == name && r.status == Status::Ok)
-            .map(|(_, r)| r.unit.clone())
-            .unwrap_or_default();
-        let show = |c: &Cell, v: Option<f64>| -> String {
-            if let Some(u) = &c.unsupported {
-                let _ = u;
-                "unsupported".into()
-            } else if c.runs_ok == 0 && c.failed.is_some() {
-                "failed".into()
-            } else {
-                num(v)
-            }
+    if !result.scenarios.is_empty() {
+        let _ = writeln!(out, "## Medians over the rounds (one member)\n");
+        let _ = writeln!(out, "Throughput ratio = keelson / etcd: **higher is better for keelson**. Latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms.\n");
+        medians_table(&mut out, result, 1, &result.scenarios);
+        // Server-level rows.
+        let rss = |kind: Kind| {
+            mib(run_median(result, kind, 1, |r| {
+                r.peak_rss_bytes.map(|b| b as f64)
+            }))
+        };
+        let disk = |kind: Kind| {
+            mib(run_median(result, kind, 1, |r| {
+                r.failure.is_none().then_some(r.data_dir_bytes as f64)
+            }))
+        };
+        let ready = |kind: Kind| {
+            run_median(result, kind, 1, |r| {
+                (r.start_to_ready_ms > 0.0).then_some(r.start_to_ready_ms)
+            })
         };
         let _ = writeln!(
             out,
-            "| {name} | {unit}s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
-            show(&a, a.ops),
-            show(&b, b.ops),
-            ratio(a.ops, b.ops),
-            show(&a, a.p50),
-            show(&b, b.p50),
-            show(&a, a.p99),
-            show(&b, b.p99),
-            ratio(a.p99, b.p99),
-            show(&a, a.p999),
-            show(&b, b.p999),
-            a.errors,
-            b.errors,
+            "\n| server | keelson | etcd | keelson / etcd (lower is better) |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| peak RSS over a run (VmHWM), MiB | {} | {} | {} |",
+            num(rss(k)),
+            num(rss(e)),
+            ratio(rss(k), rss(e))
+        );
+        let _ = writeln!(
+            out,
+            "| data dir at the end of a run, MiB | {} | {} | {} |",
+            num(disk(k)),
+            num(disk(e)),
+            ratio(disk(k), disk(e))
+        );
+        let _ = writeln!(
+            out,
+            "| fresh start to ready, ms | {} | {} | {} |",
+            num(ready(k)),
+            num(ready(e)),
+            ratio(ready(k), ready(e))
         );
     }
-    // Server-level rows.
-    let rss = |kind: Kind| {
-        mib(median(
-            result
-                .runs
-                .iter()
-                .filter(|r| r.kind == kind)
-                .filter_map(|r| r.peak_rss_bytes.map(|b| b as f64))
-                .collect(),
-        ))
-    };
-    let disk = |kind: Kind| {
-        mib(median(
-            result
-                .runs
-                .iter()
-                .filter(|r| r.kind == kind && r.failure.is_none())
-                .map(|r| r.data_dir_bytes as f64)
-                .collect(),
-        ))
-    };
-    let ready = |kind: Kind| {
-        median(
-            result
-                .runs
-                .iter()
-                .filter(|r| r.kind == kind && r.start_to_ready_ms > 0.0)
-                .map(|r| r.start_to_ready_ms)
-                .collect(),
-        )
-    };
-    let _ = writeln!(
-        out,
-        "\n| server | keelson | etcd | keelson / etcd (lower is better) |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|");
-    let _ = writeln!(
-        out,
-        "| peak RSS over a run (VmHWM), MiB | {} | {} | {} |",
-        num(rss(k)),
-        num(rss(e)),
-        ratio(rss(k), rss(e))
-    );
-    let _ = writeln!(
-        out,
-        "| data dir at the end of a run, MiB | {} | {} | {} |",
-        num(disk(k)),
-        num(disk(e)),
-        ratio(disk(k), disk(e))
-    );
-    let _ = writeln!(
-        out,
-        "| fresh start to ready, ms | {} | {} | {} |",
-        num(ready(k)),
-        num(ready(e)),
-        ratio(ready(k), ready(e))
-    );
+    if !result.cluster_scenarios.is_empty() {
+        cluster_section(&mut out, result);
+    }
 
     let _ = writeln!(out, "\n## Runs\n");
     let _ = writeln!(
         out,
-        "CPU seconds while the scenarios ran (of {} cores × the wall time): the server, keelson-bench \
-         (the load generator shares the machine) and every other process.\n",
+        "CPU seconds while the scenarios ran (of {} cores × the wall time): the server (a cluster's \
+         members summed, up to the failover kills), keelson-bench (the load generator shares the \
+         machine) and every other process. A cluster's peak RSS is summed over its members.\n",
         m.cores
     );
     let _ = writeln!(
@@ -827,9 +1241,8 @@ pub fn markdown(result: &SuiteResult) -> String {
     for r in &result.runs {
         let _ = writeln!(
             out,
-            "| {} r{} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
-            r.kind.name(),
-            r.round + 1,
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |",
+            r.label(),
             r.cpu.wall_secs,
             r.cpu.server_secs,
             r.cpu.bench_secs,
@@ -842,7 +1255,7 @@ pub fn markdown(result: &SuiteResult) -> String {
         );
     }
     let _ = writeln!(out, "\n## Scenarios\n");
-    for (name, what) in &result.scenarios {
+    for (name, what) in result.scenarios.iter().chain(&result.cluster_scenarios) {
         let _ = writeln!(out, "- `{name}`: {what}");
     }
 
@@ -857,36 +1270,70 @@ pub fn markdown(result: &SuiteResult) -> String {
         .collect();
     let _ = writeln!(out, "| scenario | {} |", head.join(" | "));
     let _ = writeln!(out, "|---|{}", "---:|".repeat(head.len()));
-    for (name, _) in &result.scenarios {
+    for (members, names) in scenario_groups(result) {
+        for (name, _) in names.iter().filter(|(n, _)| n != FAILOVER_SCENARIO) {
+            let mut cols = Vec::new();
+            for kind in [k, e] {
+                let c = cell(result, kind, members, name);
+                for i in 0..rounds {
+                    cols.push(num(c.per_round.get(i).copied().flatten()));
+                }
+            }
+            let _ = writeln!(out, "| {name} | {} |", cols.join(" | "));
+        }
+    }
+    if result
+        .cluster_scenarios
+        .iter()
+        .any(|(n, _)| n == FAILOVER_SCENARIO)
+    {
         let mut cols = Vec::new();
         for kind in [k, e] {
-            let c = cell(result, kind, name);
             for i in 0..rounds {
-                cols.push(num(c.per_round.get(i).copied().flatten()));
+                let samples = result
+                    .runs
+                    .iter()
+                    .find(|r| r.kind == kind && r.round == i && r.members == CLUSTER_SIZE)
+                    .and_then(|r| r.failover.as_ref())
+                    .map(|f| {
+                        f.samples_ms
+                            .iter()
+                            .map(|ms| format!("{ms:.0}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|s| !s.is_empty());
+                cols.push(samples.unwrap_or_else(|| "–".into()));
             }
         }
-        let _ = writeln!(out, "| {name} | {} |", cols.join(" | "));
+        let _ = writeln!(
+            out,
+            "| {FAILOVER_SCENARIO} (ms per kill) | {} |",
+            cols.join(" | ")
+        );
     }
 
     let _ = writeln!(out, "\n## Scenario details (medians)\n");
-    for (name, _) in &result.scenarios {
-        for kind in [k, e] {
-            let c = cell(result, kind, name);
-            if let Some(u) = &c.unsupported {
-                let _ = writeln!(
-                    out,
-                    "- {name} / {}: unsupported by this server ({u})",
-                    kind.name()
-                );
-                continue;
-            }
-            if !c.counters.is_empty() {
-                let list: Vec<String> = c
-                    .counters
-                    .iter()
-                    .map(|(n, v)| format!("{n} {}", fmt_num((*v * 100.0).round() / 100.0)))
-                    .collect();
-                let _ = writeln!(out, "- {name} / {}: {}", kind.name(), list.join(", "));
+    for (members, names) in scenario_groups(result) {
+        for (name, _) in names {
+            for kind in [k, e] {
+                let c = cell(result, kind, members, name);
+                if let Some(u) = &c.unsupported {
+                    let _ = writeln!(
+                        out,
+                        "- {name} / {}: unsupported by this server ({u})",
+                        kind.name()
+                    );
+                    continue;
+                }
+                if !c.counters.is_empty() {
+                    let list: Vec<String> = c
+                        .counters
+                        .iter()
+                        .map(|(n, v)| format!("{n} {}", fmt_num((*v * 100.0).round() / 100.0)))
+                        .collect();
+                    let _ = writeln!(out, "- {name} / {}: {}", kind.name(), list.join(", "));
+                }
             }
         }
     }
@@ -898,9 +1345,8 @@ pub fn markdown(result: &SuiteResult) -> String {
             any = true;
             let _ = writeln!(
                 out,
-                "- {} round {}: **{}**",
-                run.kind.name(),
-                run.round + 1,
+                "- {}: **{}**",
+                run.label(),
                 f.lines().next().unwrap_or("")
             );
             let tail: Vec<&str> = f.lines().skip(1).collect();
@@ -913,9 +1359,8 @@ pub fn markdown(result: &SuiteResult) -> String {
                 any = true;
                 let _ = writeln!(
                     out,
-                    "- {} round {} {name}: failed: {}",
-                    run.kind.name(),
-                    run.round + 1,
+                    "- {} {name}: failed: {}",
+                    run.label(),
                     r.detail.as_deref().unwrap_or("")
                 );
             }
@@ -923,20 +1368,43 @@ pub fn markdown(result: &SuiteResult) -> String {
                 any = true;
                 let _ = writeln!(
                     out,
-                    "- {} round {} {name}: {n} × `{}`",
-                    run.kind.name(),
-                    run.round + 1,
+                    "- {} {name}: {n} × `{}`",
+                    run.label(),
                     text.replace('`', "'")
                 );
+            }
+        }
+        if let Some(f) = &run.failover {
+            for failure in &f.failures {
+                any = true;
+                let mut lines = failure.lines();
+                let _ = writeln!(
+                    out,
+                    "- {} {FAILOVER_SCENARIO}: **{}**",
+                    run.label(),
+                    lines.next().unwrap_or("")
+                );
+                let tail: Vec<&str> = lines.collect();
+                if !tail.is_empty() {
+                    let _ = writeln!(out, "\n```\n{}\n```\n", tail.join("\n"));
+                }
             }
         }
     }
     if !any {
         let _ = writeln!(out, "None: every request of every scenario succeeded.");
     }
-    if !result.notes.is_empty() {
+    let failover_notes = result.runs.iter().flat_map(|r| {
+        r.failover.iter().flat_map(move |f| {
+            f.notes
+                .iter()
+                .map(move |n| format!("{} {FAILOVER_SCENARIO}: {n}", r.label()))
+        })
+    });
+    let notes: Vec<String> = result.notes.iter().cloned().chain(failover_notes).collect();
+    if !notes.is_empty() {
         let _ = writeln!(out, "\n## Notes\n");
-        for n in &result.notes {
+        for n in &notes {
             let _ = writeln!(out, "- {n}");
         }
     }
@@ -974,4 +1442,119 @@ pub fn write_results(
     std::fs::write(dir.join(format!("{name}.json")), json)
         .map_err(|e| format!("write {name}.json: {e}"))?;
     Ok(latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            date_utc: "2026-01-01T00:00:00Z".into(),
+            cores: 2,
+            cpu_model: "test".into(),
+            memory_gib: 1.0,
+            kernel: "test".into(),
+            disk: "test".into(),
+            fsync_probe: "test".into(),
+            keelson_version: "test".into(),
+            keelson_commit: "test".into(),
+            etcd_version: "test".into(),
+            bench_version: "test".into(),
+        }
+    }
+
+    fn put_report(ops_per_sec: f64) -> Report {
+        let mut report = Report::not_run("put", Status::Ok, String::new(), 8, 64);
+        report.detail = None;
+        report.unit = "put".into();
+        report.ops_per_sec = ops_per_sec;
+        report
+    }
+
+    fn cluster_run(kind: Kind, round: usize, ops: f64, samples_ms: Vec<f64>) -> ServerRun {
+        let mut run = ServerRun::new(kind, round, CLUSTER_SIZE);
+        run.scenarios
+            .push(("cluster3-put-64".into(), put_report(ops)));
+        run.member_peak_rss_bytes = vec![Some(100 << 20), Some(200 << 20), Some(150 << 20)];
+        run.peak_rss_bytes = Some(450 << 20);
+        let mut failover = Failover {
+            planned: 3,
+            samples_ms,
+            writes_attempted: 50,
+            ..Failover::default()
+        };
+        failover
+            .writes_failed
+            .add("Unavailable: etcdserver: leader changed".into(), 4);
+        run.failover = Some(failover);
+        run
+    }
+
+    #[test]
+    fn cluster_rows_are_labelled_and_compared() {
+        let result = SuiteResult {
+            machine: machine(),
+            rounds_planned: 1,
+            time_scale: 1.0,
+            runs: vec![
+                cluster_run(Kind::Keelson, 0, 3000.0, vec![1200.0, 1500.0, 2400.0]),
+                cluster_run(Kind::Etcd, 0, 2000.0, vec![1000.0, 1100.0, 1200.0]),
+            ],
+            notes: vec![],
+            wall_secs: 1.0,
+            scenarios: vec![],
+            cluster_scenarios: vec![
+                ("cluster3-put-64".into(), "put".into()),
+                (FAILOVER_SCENARIO.into(), "failover".into()),
+            ],
+        };
+        let md = markdown(&result);
+        assert!(md.contains("## 3-member clusters"), "{md}");
+        assert!(
+            md.contains("| cluster3-put-64 | puts | 3000 | 2000 | 1.50 |"),
+            "{md}"
+        );
+        // Median and worst over every kill: keelson 1500 / 2400, etcd 1100 / 1200.
+        assert!(md.contains("| median, ms | 1500 | 1100 | 1.36 |"), "{md}");
+        assert!(md.contains("| worst, ms | 2400 | 1200 | 2.00 |"), "{md}");
+        assert!(
+            md.contains("| kills measured / planned | 3 / 3 | 3 / 3 | |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| peak RSS of the largest member, MiB | 200 | 200 | 1.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| keelson ×3 r1 |"), "{md}");
+        // Expected failover errors are shown in their section, not as failures.
+        assert!(
+            md.contains("None: every request of every scenario succeeded."),
+            "{md}"
+        );
+        assert!(!md.contains("Medians over the rounds (one member)"), "{md}");
+        let json = serde_json::to_string(&result).expect("serialises");
+        let back: SuiteResult = serde_json::from_str(&json).expect("parses back");
+        assert_eq!(markdown(&back), md);
+    }
+
+    /// A report saved before the cluster scenarios existed (no `members`, no cluster fields).
+    #[test]
+    fn reports_from_before_clusters_still_render() {
+        let saved = include_str!("../results/2026-11-23T22-40-36Z.json");
+        let result: SuiteResult = serde_json::from_str(saved).expect("a saved report parses");
+        let md = markdown(&result);
+        assert!(md.contains("| put-64 |"), "{md}");
+        assert!(!md.contains("3-member"), "{md}");
+    }
+
+    #[test]
+    fn the_next_run_is_predicted_from_the_longest_seen() {
+        let budget = Duration::from_secs(240);
+        assert_eq!(predicted_need(Duration::ZERO, budget), budget);
+        assert_eq!(
+            predicted_need(Duration::from_secs(40), budget),
+            Duration::from_secs(65)
+        );
+    }
 }

@@ -174,6 +174,8 @@ pub struct ServerOptions {
     /// `Some`: a member of a cluster of several ([`crate::cluster`]): these flags replace the
     /// one-member `--initial-cluster`.
     pub cluster: Option<ClusterFlags>,
+    /// `Some`: the member's `--data-dir` (prepared by the test); `None`: `<its dir>/data`.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The bootstrap flags of a member of a cluster of several.
@@ -200,7 +202,14 @@ impl ServerOptions {
             env: Vec::new(),
             config_file_template: None,
             cluster: None,
+            data_dir: None,
         }
+    }
+
+    /// Use `dir` as the data dir (a test prepares its content before the start).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     /// Serve the client URL over https, reached by the harness with `tls`.
@@ -422,14 +431,12 @@ impl Server {
         &self.options.name
     }
 
-    /// `127.0.0.1:<client port>`, as etcdctl's `--endpoints` takes it; with an https client
-    /// URL ([`ServerOptions::tls`]), the whole `https://127.0.0.1:<port>`.
+    /// The endpoint the harness gives etcdctl and the etcd-client crate: the client URL with
+    /// its scheme (`http://127.0.0.1:<port>` or `https://...`), as runbooks write it. etcdctl
+    /// 3.4 sends it whole as the HTTP/2 `:authority` of per-endpoint calls, which a server
+    /// must accept (etcdctl_endpoints.rs covers the bare `127.0.0.1:<port>` form).
     pub fn endpoint(&self) -> String {
-        if self.options.client_tls.is_some() {
-            self.client_url()
-        } else {
-            format!("127.0.0.1:{}", self.client_port)
-        }
+        self.client_url()
     }
 
     pub fn client_url(&self) -> String {
@@ -483,7 +490,10 @@ impl Server {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     /// The process ID while it runs.

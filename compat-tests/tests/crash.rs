@@ -7,9 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use compat_tests::kv::{current_revision, header_revision};
+use compat_tests::ops::{isolated_flags, path_arg, run_until_exit};
 use compat_tests::server::default_connect_options;
-use compat_tests::Server;
+use compat_tests::{OutputExt, Server, ServerKind, ServerOptions};
 use etcd_client::{Client, GetOptions};
 
 const WRITERS: usize = 16;
@@ -203,9 +206,9 @@ async fn assert_latest_values(client: &mut Client, acks: &[Ack]) -> i64 {
     total_versions
 }
 
-#[tokio::test]
-async fn acknowledged_writes_survive_sigkill_and_revisions_continue() {
-    let mut server = Server::start_default().await;
+/// Writes, SIGKILL, restart, and every check above; returns the restarted member.
+async fn crash_and_verify(options: ServerOptions) -> Server {
+    let mut server = Server::start(options).await;
     let acks = write_then_kill(&mut server).await;
     assert_revisions_unique(&acks);
     let max_acked = acks.iter().map(|ack| ack.revision).max().unwrap_or(1);
@@ -241,4 +244,61 @@ async fn acknowledged_writes_survive_sigkill_and_revisions_continue() {
         acks.len(),
         total_versions
     );
+    server
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_sigkill_and_revisions_continue() {
+    crash_and_verify(ServerOptions::from_env()).await;
+}
+
+/// Files directly in `dir` whose name ends with `suffix`.
+fn files_ending_with(dir: &Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(suffix))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_a_wal_dir_acknowledged_writes_survive_sigkill_and_it_is_required_after() {
+    let wal_root = tempfile::tempdir().expect("temporary directory for the WAL");
+    let wal_dir = wal_root.path().join("wal");
+    let options = ServerOptions::from_env().args(["--wal-dir".to_string(), path_arg(&wal_dir)]);
+    let mut server = crash_and_verify(options).await;
+    if server.kind() != ServerKind::Keelson {
+        return;
+    }
+    // The log is where it was asked to be, and only there.
+    assert!(
+        !files_ending_with(&wal_dir, ".log").is_empty(),
+        "no RocksDB log file in the WAL dir {}",
+        wal_dir.display()
+    );
+    let store = server.data_dir().join("member").join("db");
+    assert_eq!(
+        files_ending_with(&store, ".log")
+            .into_iter()
+            .filter(|name| name != "LOG" && !name.starts_with("LOG."))
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "write-ahead log files left in the store {}",
+        store.display()
+    );
+    // Started again without its WAL, the member would lose what the log holds: refused.
+    server.kill();
+    let output = run_until_exit(ServerKind::Keelson, &isolated_flags(server.dir()), &[]).await;
+    assert!(
+        !output.status.success(),
+        "keelson started without its --wal-dir"
+    );
+    let text = output.stderr_text();
+    assert!(
+        text.contains("Start keelson with the same --wal-dir")
+            && text.contains(&path_arg(&wal_dir)),
+        "{text}"
+    );
+    server.restart().await;
 }

@@ -549,15 +549,19 @@ def multi_member_refusal(binary: str, workdir: Path) -> str | None:
 
 
 def join_chart(workdir: Path) -> Path:
-    """A copy of the chart with keelson.joinSupported on (see _helpers.tpl)."""
+    """The chart with keelson.joinSupported on (see _helpers.tpl): the chart itself, now that
+    keelson has the join step; a copy with it switched on if it is ever switched off."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    if '{{- define "keelson.joinSupported" -}}true{{- end -}}' in helpers:
+        return CHART
     chart = workdir / "keelson-join"
     if not chart.exists():
         shutil.copytree(CHART, chart)
-        helpers = chart / "templates" / "_helpers.tpl"
-        text = helpers.read_text()
+        path = chart / "templates" / "_helpers.tpl"
+        text = path.read_text()
         marker = '{{- define "keelson.joinSupported" -}}\n{{- end -}}'
         assert marker in text, "keelson.joinSupported moved: update harness.join_chart"
-        helpers.write_text(text.replace(marker, '{{- define "keelson.joinSupported" -}}true{{- end -}}'))
+        path.write_text(text.replace(marker, '{{- define "keelson.joinSupported" -}}true{{- end -}}'))
     return chart
 
 

@@ -98,7 +98,9 @@ def peer_url(i: int, scheme: str = "http") -> str:
 def test_default_render_is_a_three_member_cluster():
     objs = rendered("default")
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == ["Pod", "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "StatefulSet"], kinds
+    # Role and RoleBinding: the preStop hook reads its StatefulSet's replicas (join step).
+    assert kinds == ["Pod", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service",
+                     "ServiceAccount", "StatefulSet"], kinds
     sts = one(objs, "StatefulSet")
     assert sts["spec"]["replicas"] == 3
     assert sts["spec"]["podManagementPolicy"] == "Parallel"
@@ -176,7 +178,9 @@ def test_security_context_is_hardened():
     assert pod["securityContext"]["runAsUser"] == 65532
     assert pod["securityContext"]["fsGroup"] == 65532
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert pod["automountServiceAccountToken"] is False
+    # The token is mounted only for the preStop hook's one `get` on its own StatefulSet (the
+    # Role allows nothing else).
+    assert pod["automountServiceAccountToken"] is True
     for container in pod["containers"] + one(objs, "Pod")["spec"]["containers"]:
         sc = container["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True
@@ -501,15 +505,17 @@ def _join_chart_render(tmp_path: Path) -> Path:
 
 
 def test_join_step_hooks_render_once_enabled(tmp_path):
-    """The chart renders the join flag, the preStop leave hook and its RBAC as soon as
-    keelson.joinSupported says so (docs/deploy.md); today they are off."""
-    assert "--join-seeds" not in json.dumps(rendered("default"))
+    """The chart renders the join flag, the preStop leave hook (with the member's own flags, so
+    that `keelson leave` knows which member it is) and its RBAC (docs/deploy.md)."""
+    assert "--join-seeds" in json.dumps(rendered("default"))
     objs = [o for o in yaml.safe_load_all(_join_chart_render(tmp_path).read_text()) if o]
     sts = one(objs, "StatefulSet")
     c = sts["spec"]["template"]["spec"]["containers"][0]
     f = flags(c)
     assert f["--join-seeds"] == ",".join(peer_url(i) for i in range(5))
-    assert c["lifecycle"]["preStop"]["exec"]["command"][:3] == ["/usr/local/bin/keelson", "leave", f"--if-scaled-down=statefulset/{FULL}"]
+    hook = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[:3] == ["/usr/local/bin/keelson", "leave", f"--if-scaled-down=statefulset/{FULL}"]
+    assert hook[5:] == c["args"], "the hook names the member with the same flags it runs with"
     assert sts["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     role = one(objs, "Role")
     assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"], "resourceNames": [FULL], "verbs": ["get"]}]

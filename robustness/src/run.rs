@@ -204,7 +204,7 @@ pub async fn run(config: RunConfig) -> RunReport {
     let mut cluster = Cluster::start_with(base_options(), config.members).await;
     let mut proxies = Vec::new();
     for member in &cluster.members {
-        match Proxy::start(member.endpoint()).await {
+        match Proxy::start(member.client_address()).await {
             Ok(p) => proxies.push(p),
             Err(e) => {
                 report.anomalies.push(format!("harness: {e}"));

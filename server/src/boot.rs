@@ -16,6 +16,7 @@ use crate::config::{Config, ListenUrl, Scheme};
 use crate::lease::{self, Lessor};
 use crate::member::applier::Applier;
 use crate::member::identity;
+use crate::member::join::{self, JoinDecision};
 use crate::member::membership::EtcdMembershipRules;
 use crate::member::{Limits, Member};
 use crate::metrics::grpc::GrpcMetricsLayer;
@@ -36,6 +37,8 @@ fn request_timeout(config: &Config) -> Duration {
 pub enum BootError {
     #[error("cannot use data dir {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Ownership(#[from] crate::storage::ownership::OwnershipError),
     #[error("cannot open the store: {0}")]
     Store(String),
     #[error("cannot start raft: {0}")]
@@ -225,20 +228,78 @@ async fn join_cluster_identity(
     })
 }
 
-async fn load_or_create_identity(
-    storage: &Storage,
+/// The identity of a member whose data dir holds none yet: etcd's bootstrap or join, or
+/// keelson's join step with --join-seeds.
+async fn create_identity(
     config: &Config,
     peer_tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<(Identity, bool), BootError> {
-    if let Some(ident) = stored_identity(storage)? {
-        return Ok((ident, false));
+) -> Result<Identity, BootError> {
+    if !config.join_seeds.is_empty() {
+        return match join::decide(config, peer_tls)
+            .await
+            .map_err(|e| BootError::Cluster(e.to_string()))?
+        {
+            JoinDecision::Bootstrap => new_cluster_identity(config, peer_tls).await,
+            JoinDecision::Join {
+                member_id,
+                cluster_id,
+            } => Ok(Identity {
+                member_id,
+                cluster_id,
+                joined: true,
+            }),
+        };
     }
-    let ident = match config.initial_cluster_state {
-        ClusterState::Existing => join_cluster_identity(config, peer_tls).await?,
-        ClusterState::New => new_cluster_identity(config, peer_tls).await?,
+    match config.initial_cluster_state {
+        ClusterState::Existing => join_cluster_identity(config, peer_tls).await,
+        ClusterState::New => new_cluster_identity(config, peer_tls).await,
+    }
+}
+
+fn open_storage(config: &Config) -> Result<Arc<Storage>, BootError> {
+    // Before anything is created or changed: a dir keelson does not own stays untouched.
+    crate::storage::ownership::claim(&config.data_dir, config.wal_dir.as_deref())?;
+    prepare_data_dir(&config.data_dir)?;
+    Storage::open_with_wal_dir(
+        &config.data_dir.join("member").join("db"),
+        config.wal_dir.as_deref(),
+        Arc::new(DiskMetrics),
+    )
+    .map_err(|e| BootError::Store(e.to_string()))
+}
+
+/// With --join-seeds, a member the cluster removed sets its data aside (data dir and WAL dir,
+/// renamed, never deleted) and starts empty.
+async fn set_aside_if_removed(
+    config: &Config,
+    storage: Arc<Storage>,
+    stored: Option<Identity>,
+    peer_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Arc<Storage>, Option<Identity>), BootError> {
+    let Some(ident) = stored else {
+        return Ok((storage, None));
     };
-    save_identity(storage, &ident)?;
-    Ok((ident, true))
+    if config.join_seeds.is_empty() || !join::was_removed(config, ident.member_id, peer_tls).await {
+        return Ok((storage, Some(ident)));
+    }
+    drop(storage);
+    let aside = |dir: &Path| {
+        join::set_aside(dir).map_err(|source| BootError::DataDir {
+            dir: dir.display().to_string(),
+            source,
+        })
+    };
+    let moved = aside(&config.data_dir)?;
+    tracing::warn!(
+        member = %format!("{:x}", ident.member_id),
+        moved_to = %moved.display(),
+        "this member was removed from the cluster: its data is set aside and it joins as a new member"
+    );
+    if let Some(wal) = &config.wal_dir {
+        let moved = aside(wal)?;
+        tracing::warn!(moved_to = %moved.display(), "set aside the removed member's WAL dir");
+    }
+    Ok((open_storage(config)?, None))
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), BootError> {
@@ -275,7 +336,9 @@ fn initial_members(config: &Config) -> BTreeMap<u64, MemberNode> {
 }
 
 /// TLS towards other members, when peer URLs are https or peer TLS is configured.
-fn peer_client_tls(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, BootError> {
+pub(crate) fn peer_client_tls(
+    config: &Config,
+) -> Result<Option<Arc<rustls::ClientConfig>>, BootError> {
     let any_https = config
         .initial_cluster
         .values()
@@ -304,19 +367,27 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         tracing::warn!("{notice}");
     }
     let member_dir = config.data_dir.join("member");
-    prepare_data_dir(&config.data_dir)?;
-    let storage = Storage::open_with_observer(&member_dir.join("db"), Arc::new(DiskMetrics))
-        .map_err(|e| BootError::Store(e.to_string()))?;
+    let storage = open_storage(&config)?;
     let peer_tls = peer_client_tls(&config)?;
-    let (ident, first_start) =
-        load_or_create_identity(&storage, &config, peer_tls.as_ref()).await?;
-    if !first_start {
-        tracing::info!(
-            member = %format!("{:x}", ident.member_id),
-            cluster = %format!("{:x}", ident.cluster_id),
-            "restarting member on its data dir; --initial-cluster flags are ignored"
-        );
-    }
+    let stored = stored_identity(&storage)?;
+    let (storage, stored) =
+        set_aside_if_removed(&config, storage, stored, peer_tls.as_ref()).await?;
+    let first_start = stored.is_none();
+    let ident = match stored {
+        Some(ident) => {
+            tracing::info!(
+                member = %format!("{:x}", ident.member_id),
+                cluster = %format!("{:x}", ident.cluster_id),
+                "restarting member on its data dir; --initial-cluster flags are ignored"
+            );
+            ident
+        }
+        None => {
+            let ident = create_identity(&config, peer_tls.as_ref()).await?;
+            save_identity(&storage, &ident)?;
+            ident
+        }
+    };
     let store = MvccStore::open(storage.clone()).map_err(|e| BootError::Store(e.to_string()))?;
     store
         .watch_hub()
@@ -419,6 +490,9 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         servers.push(serve_listener(listener, &stop_rx));
     }
     tracing::info!("ready to serve client requests");
+    if !config.join_seeds.is_empty() && raft.is_learner() {
+        tokio::spawn(join::promote_when_ready(raft.clone(), config.join_timeout));
+    }
 
     let outcome = tokio::select! {
         () = wait_for_stop_signal() => {
@@ -740,6 +814,7 @@ fn start_metrics(config: &Config, member: &Arc<Member>) {
             METRICS.proposals_applied.set(raft.applied_index as i64);
             let store = member.store();
             METRICS.current_revision.set(store.current_revision());
+            METRICS.keys_total.set(store.keys_total());
             METRICS.compact_revision.set(store.compacted_revision());
             let (streams, watchers, slow) = store.watch_hub().counts();
             METRICS.watch_streams.set(streams as i64);

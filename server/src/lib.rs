@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod lease;
+pub mod leave;
 pub mod logging;
 pub mod member;
 pub mod metrics;

@@ -6,6 +6,9 @@ use keelson::version::{ETCD_VERSION, KEELSON_VERSION};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let env: Vec<(String, String)> = std::env::vars().collect();
+    if args.first().map(String::as_str) == Some("leave") {
+        return leave(&args[1..], &env);
+    }
     let config = match config::parse(&args, &env) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Version) => {
@@ -53,4 +56,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `keelson leave [--if-scaled-down=statefulset/NAME] [--kube-service-account-dir=DIR]
+/// [--timeout=30s] <member flags>`: a preStop hook. It always exits 0 once it ran, so that the
+/// pod stops; what happened is on stderr.
+fn leave(args: &[String], env: &[(String, String)]) -> ExitCode {
+    let (options, member_flags) = match keelson::leave::parse_options(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("keelson leave: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match config::parse(&member_flags, env) {
+        Ok(Parsed::Run(config)) => config,
+        Ok(_) => {
+            eprintln!("keelson leave: expected the member's flags");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("keelson leave: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    keelson::logging::init(&config.logger, &config.log_level);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keelson leave: cannot start the async runtime: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    match runtime.block_on(keelson::leave::run(&config, &options)) {
+        Ok(what) => tracing::info!("keelson leave: {what}"),
+        Err(e) => tracing::warn!("keelson leave: {e}"),
+    }
+    ExitCode::SUCCESS
 }

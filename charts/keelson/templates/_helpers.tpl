@@ -96,17 +96,14 @@ app.kubernetes.io/part-of: keelson
 {{- end -}}
 
 {{/*
-keelson's join step (docs/deploy.md, "Scaling and member replacement"): with --join-seeds a
-member whose data dir is empty asks the seeds whether the cluster exists, and then joins it as a
-learner (MemberAdd, start with --initial-cluster-state=existing, MemberPromote once caught up),
-replacing a member of its name whose disk was lost; `keelson leave` in a preStop hook removes a
-member whose ordinal the StatefulSet scaled away. keelson does not have them yet: this returns
-"" until it does, and then "true" (plus lifting the OrderedReady restriction in
-values.schema.json). The templates already render the flag, the preStop hook and the RBAC the
-hook needs behind it; the chart tests render them with this set to "true".
+keelson's join step (docs/deploy.md, "Scaling and member replacement"; docs/clustering.md): with
+--join-seeds a member whose data dir is empty asks the seeds whether the cluster exists, and then
+joins it as a learner (MemberAdd, start with --initial-cluster-state=existing, MemberPromote once
+caught up), replacing a member of its name whose disk was lost; `keelson leave` in a preStop
+hook removes a member whose ordinal the StatefulSet scaled away. The templates render the flag,
+the preStop hook and the RBAC the hook needs when this says "true".
 */}}
-{{- define "keelson.joinSupported" -}}
-{{- end -}}
+{{- define "keelson.joinSupported" -}}true{{- end -}}
 
 {{/* The seeds of the join step: the peer URLs of ordinals 0..replicaCount-1. */}}
 {{- define "keelson.seedPeerURLs" -}}

@@ -60,7 +60,7 @@ const FORCE_NEW_CLUSTER: &str =
 pub const FLAGS: &[FlagSpec] = &[
     flag("name", Value, "default", "Human-readable name for this member.", Supported),
     flag("data-dir", Value, "${name}.etcd", "Path to the data directory.", Supported),
-    flag("wal-dir", Value, "", "Path to a dedicated WAL directory.", Refused("keelson keeps its log inside --data-dir")),
+    flag("wal-dir", Value, "", "Path to a dedicated WAL directory.", Supported),
     flag("snapshot-count", Value, "10000", "Number of committed entries that trigger a snapshot and a log purge.", Supported),
     flag("max-snapshots", Value, "5", "Maximum snapshot files to retain.", Ignored("keelson keeps exactly one snapshot")),
     flag("max-wals", Value, "5", "Maximum WAL files to retain.", Ignored("the log is purged after each snapshot")),
@@ -85,6 +85,8 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("initial-cluster", Value, "default=http://localhost:2380", "Initial cluster configuration for bootstrapping.", Supported),
     flag("initial-cluster-state", Value, "new", "Initial cluster state ('new' or 'existing').", Supported),
     flag("initial-cluster-token", Value, "etcd-cluster", "Initial cluster token for the etcd cluster during bootstrap.", Supported),
+    flag("join-seeds", Value, "", "keelson only: peer URLs of members to ask when the data dir is empty; joins a running cluster as a learner (member add, then promote), replaces a member whose disk was lost, sets aside the data of a removed member (docs/clustering.md).", Supported),
+    flag("join-timeout", Value, "5m", "keelson only: how long --join-seeds may try before the member exits.", Supported),
     flag("advertise-client-urls", Value, "http://localhost:2379", "List of this member's client URLs to advertise to the public.", Supported),
     flag("discovery", Value, "", "Discovery URL used to bootstrap the cluster.", Refused("discovery is not supported")),
     flag("discovery-srv", Value, "", "DNS srv domain used to bootstrap the cluster.", Refused("discovery is not supported")),
@@ -142,6 +144,9 @@ pub enum ClusterState {
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`: RocksDB's write-ahead log in a directory of its own; `None` = inside the
+    /// store under `--data-dir`.
+    pub wal_dir: Option<PathBuf>,
     pub listen_client_urls: Vec<ListenUrl>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<ListenUrl>,
@@ -150,6 +155,9 @@ pub struct Config {
     pub initial_cluster: BTreeMap<String, Vec<String>>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// keelson's join step: peer URLs to ask when the data dir is empty.
+    pub join_seeds: Vec<String>,
+    pub join_timeout: Duration,
     pub strict_reconfig_check: bool,
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
@@ -371,9 +379,13 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
     if max_txn_ops == 0 {
         return Err(invalid("max-txn-ops", "0", "must be positive"));
     }
+    let wal_dir = Some(v.string("wal-dir"))
+        .filter(|w| !w.is_empty())
+        .map(PathBuf::from);
     Ok(Config {
         name,
         data_dir,
+        wal_dir,
         listen_client_urls,
         advertise_client_urls,
         listen_peer_urls,
@@ -381,6 +393,16 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         initial_cluster,
         initial_cluster_state,
         initial_cluster_token: v.string("initial-cluster-token"),
+        join_seeds: {
+            let seeds = v.list("join-seeds");
+            urls::check_urls("join-seeds", &seeds)?;
+            seeds
+        },
+        join_timeout: {
+            let raw = v.string("join-timeout");
+            go_duration::parse(&raw)
+                .ok_or_else(|| invalid("join-timeout", &raw, "not a duration"))?
+        },
         strict_reconfig_check: v.bool("strict-reconfig-check")?,
         snapshot_count: v.number("snapshot-count")?,
         max_request_bytes,
@@ -547,10 +569,15 @@ fn check_timing(heartbeat_ms: u64, election_ms: u64) -> Result<(), ConfigError> 
     Ok(())
 }
 
+/// A Go duration (`30s`, `1m30s`), as etcd's flags take them.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    go_duration::parse(text)
+}
+
 /// The usage text `--help` prints.
 pub fn usage() -> String {
     let mut out = String::from(
-        "Usage:\n\n  keelson [flags]\n    Start a keelson member (an etcd v3 server).\n\n  keelson --version\n    Show the version.\n\n  keelson -h | --help\n    Show this help.\n\nEvery flag can also be set as ETCD_<FLAG> (upper case, dashes as underscores).\n\nFlags:\n",
+        "Usage:\n\n  keelson [flags]\n    Start a keelson member (an etcd v3 server).\n\n  keelson leave [--if-scaled-down=statefulset/NAME] [--kube-service-account-dir=DIR] [--timeout=30s] [flags]\n    Remove this member (named by the same flags) from its cluster; with --if-scaled-down only\n    when the StatefulSet no longer counts its pod (a preStop hook).\n\n  keelson --version\n    Show the version.\n\n  keelson -h | --help\n    Show this help.\n\nEvery flag can also be set as ETCD_<FLAG> (upper case, dashes as underscores).\n\nFlags:\n",
     );
     for spec in FLAGS {
         let note = match spec.support {

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use super::{unexpected, Member};
 use crate::error::{EtcdError, EtcdResult};
 use crate::lease::{Renewal, MAX_LEASE_TTL};
+use crate::metrics::METRICS;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
     LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
@@ -222,7 +223,9 @@ impl Member {
                     tokio::spawn(async move {
                         let outcome = member.lease_revoke(LeaseRevokeRequest { id }).await;
                         match outcome {
-                            Ok(_) | Err(EtcdError::LeaseNotFound) => {}
+                            // As etcd: an expired lease counts once its revoke went through.
+                            Ok(_) => METRICS.lease_expired.inc(),
+                            Err(EtcdError::LeaseNotFound) => {}
                             Err(e) => {
                                 tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
                                 member.lessor.revoke_failed(id);

@@ -5,15 +5,15 @@ pub mod alarms;
 pub mod applier;
 pub mod auto_compaction;
 mod cluster;
+mod db_size;
 pub mod identity;
 pub mod ids;
+pub mod join;
 mod leases;
 pub mod membership;
 pub mod quota;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::{EtcdError, EtcdResult};
 use crate::lease::Lessor;
@@ -49,15 +49,9 @@ pub struct Member {
     lessor: Arc<Lessor>,
     ids: ids::IdGenerator,
     limits: Limits,
-    /// Bytes the database takes on disk, refreshed in the background for the quota check.
-    db_size: Arc<AtomicU64>,
-    /// Quota cost of the writes admitted since `db_size` was last measured: without it a burst
-    /// faster than the refresh could run far past the quota before the alarm.
-    admitted_since_refresh: Arc<AtomicU64>,
+    /// The store's size for the quota check (and the size gauges).
+    db_size: db_size::DbSize,
 }
-
-/// How often the database size used by the quota check is refreshed.
-const DB_SIZE_REFRESH: Duration = Duration::from_secs(1);
 
 /// Bytes etcd's raft envelope adds around a request (request header with its 64-bit ID, the
 /// request's field tag); the size limit applies to the whole envelope, so we count them too.
@@ -76,33 +70,7 @@ impl Member {
         lessor: Arc<Lessor>,
         limits: Limits,
     ) -> Self {
-        let db_size = Arc::new(AtomicU64::new(store.storage().size_on_disk()));
-        let refreshed = Arc::downgrade(&db_size);
-        let admitted_since_refresh = Arc::new(AtomicU64::new(0));
-        let admitted = Arc::downgrade(&admitted_since_refresh);
-        let storage = store.storage().clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(DB_SIZE_REFRESH);
-            loop {
-                tick.tick().await;
-                let Some(size) = refreshed.upgrade() else {
-                    return;
-                };
-                let storage = storage.clone();
-                let admitted_before = admitted.upgrade().map_or(0, |a| a.load(Ordering::Relaxed));
-                if let Ok(bytes) = tokio::task::spawn_blocking(move || storage.size_on_disk()).await
-                {
-                    size.store(bytes, Ordering::Relaxed);
-                    // What was admitted before the measurement started is in it (or in the
-                    // WAL it counted); later admissions stay pending.
-                    if let Some(a) = admitted.upgrade() {
-                        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-                            Some(now.saturating_sub(admitted_before))
-                        });
-                    }
-                }
-            }
-        });
+        let db_size = db_size::DbSize::start(store.storage().clone());
         let ids = ids::IdGenerator::new(raft.member_id());
         Self {
             cluster_id,
@@ -113,7 +81,6 @@ impl Member {
             ids,
             limits,
             db_size,
-            admitted_since_refresh,
         }
     }
 
@@ -224,13 +191,8 @@ impl Member {
     /// etcd's quota check: a request that would take the store past the quota raises the
     /// NOSPACE alarm and is refused.
     async fn check_quota(&self, cost: usize) -> EtcdResult<()> {
-        let size = self
-            .db_size
-            .load(Ordering::Relaxed)
-            .saturating_add(self.admitted_since_refresh.load(Ordering::Relaxed));
-        if cost == 0 || size.saturating_add(cost as u64) < self.limits.quota_backend_bytes as u64 {
-            self.admitted_since_refresh
-                .fetch_add(cost as u64, Ordering::Relaxed);
+        let quota = u64::try_from(self.limits.quota_backend_bytes).unwrap_or(0);
+        if self.db_size.admit(cost as u64, quota) {
             return Ok(());
         }
         let raise = AlarmRequest {
@@ -315,8 +277,8 @@ impl Member {
         let raft = self.raft.status();
         let (db_size, db_size_in_use) = self
             .read_locally(|store| {
-                let storage = store.storage();
-                Ok((storage.size_on_disk() as i64, storage.size_in_use() as i64))
+                let size = store.storage().data_size();
+                Ok((size.total as i64, size.in_use as i64))
             })
             .await?;
         Ok(StatusResponse {
@@ -335,6 +297,11 @@ impl Member {
             db_size_quota: self.limits.quota_backend_bytes,
             downgrade_info: None,
         })
+    }
+
+    /// Whether this member is a learner (a non-voting member catching up).
+    pub fn is_learner(&self) -> bool {
+        self.raft.is_learner()
     }
 
     pub fn active_alarms(&self) -> Vec<crate::proto::etcdserverpb::AlarmMember> {
@@ -394,10 +361,15 @@ impl Member {
     /// Rewrites the store's files without superseded data. Unlike etcd's, this does not stop
     /// the member: RocksDB compacts in the background while reads and writes go on.
     pub async fn defragment(&self) -> EtcdResult<()> {
+        let started = std::time::Instant::now();
         self.read_locally(|store| {
             store.storage().compact_all();
             Ok(())
         })
-        .await
+        .await?;
+        METRICS
+            .backend_defrag_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 }

@@ -34,6 +34,8 @@ pub use keys::Revision;
 const META_CURRENT_REVISION: &[u8] = b"mvcc/current_revision";
 const META_COMPACT_SCHEDULED: &[u8] = b"mvcc/compact_scheduled";
 const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
+/// The number of live keys, kept with every applied batch (etcd's `keys_total` gauge).
+const META_KEYS_TOTAL: &[u8] = b"mvcc/keys_total";
 
 /// A fresh store is at revision 1, as etcd's is.
 const INITIAL_REVISION: i64 = 1;
@@ -43,6 +45,8 @@ const NO_COMPACTION: i64 = -1;
 pub struct MvccStore {
     storage: Arc<Storage>,
     current: AtomicI64,
+    /// Live keys at `current`; written only by `commit` (one applier) and `reload`.
+    keys: AtomicI64,
     /// Shared with the watch hub, which cancels watchers that fall below it.
     compact_scheduled: Arc<AtomicI64>,
     revision_tx: tokio::sync::watch::Sender<i64>,
@@ -64,6 +68,7 @@ impl MvccStore {
         let store = Arc::new(Self {
             storage,
             current: AtomicI64::new(current),
+            keys: AtomicI64::new(0),
             compact_scheduled,
             revision_tx,
             compactor,
@@ -73,7 +78,40 @@ impl MvccStore {
             // A compaction was interrupted by a restart: finish it.
             store.compactor.schedule(scheduled);
         }
+        store.load_keys_total()?;
         Ok(store)
+    }
+
+    /// The number of live keys.
+    pub fn keys_total(&self) -> i64 {
+        self.keys.load(Ordering::Acquire)
+    }
+
+    /// Reads the live-key count, counting once (and recording it) for a store written
+    /// before the count was kept. Runs while nothing is applied.
+    fn load_keys_total(&self) -> EtcdResult<()> {
+        let keys = match read_meta_i64(&self.storage, META_KEYS_TOTAL)? {
+            Some(keys) => keys,
+            None => {
+                let all = RangeRequest {
+                    key: Bytes::from_static(&[0]),
+                    range_end: Bytes::from_static(&[0]),
+                    count_only: true,
+                    ..Default::default()
+                };
+                let keys = self.range(&all)?.count;
+                let mut batch = WriteBatch::default();
+                batch.put_cf(
+                    self.storage.cf(CF_META),
+                    META_KEYS_TOTAL,
+                    keys.to_be_bytes(),
+                );
+                self.storage.write(batch)?;
+                keys
+            }
+        };
+        self.keys.store(keys, Ordering::Release);
+        Ok(())
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -148,6 +186,7 @@ impl MvccStore {
             mut batch,
             change,
             compaction,
+            keys_delta,
         } = finished;
         if let Some(change) = &change {
             batch.put_cf(
@@ -156,7 +195,16 @@ impl MvccStore {
                 change.revision.to_be_bytes(),
             );
         }
+        let keys = self.keys_total() + keys_delta;
+        if keys_delta != 0 {
+            batch.put_cf(
+                self.storage.cf(CF_META),
+                META_KEYS_TOTAL,
+                keys.to_be_bytes(),
+            );
+        }
         self.storage.write(batch)?;
+        self.keys.store(keys, Ordering::Release);
         if let Some(change) = change {
             self.current.store(change.revision, Ordering::Release);
             self.hub.publish(change.revision, &change.events);
@@ -206,7 +254,7 @@ impl MvccStore {
         }
         self.hub.reset(current);
         self.revision_tx.send_replace(current);
-        Ok(())
+        self.load_keys_total()
     }
 }
 

@@ -116,6 +116,11 @@ impl Model {
             .collect()
     }
 
+    fn live_keys(&self) -> i64 {
+        let all = Bytes::from_static(&[0]);
+        self.live(&all, &all, self.current).len() as i64
+    }
+
     fn put(&mut self, key: Bytes, value: Bytes, rev: i64) {
         let prev = self.at(&key, rev - 1);
         let kv = KeyValue {
@@ -304,7 +309,15 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
+        prop_assert_eq!(store.keys_total(), model.live_keys(), "live-key count");
     }
+    // The count is read back as persisted (a restart or a snapshot install reloads it).
+    store.reload().expect("reload");
+    prop_assert_eq!(
+        store.keys_total(),
+        model.live_keys(),
+        "live-key count reloaded"
+    );
     Ok(())
 }
 
@@ -348,4 +361,25 @@ fn reads_at_the_compacted_revision_still_work_after_physical_compaction() {
         ..Default::default()
     });
     assert_eq!(below.err(), Some(EtcdError::Compacted));
+}
+
+#[test]
+fn a_store_without_a_recorded_key_count_is_counted_once() {
+    let (_dir, store) = fresh_store();
+    for key in [&b"a"[..], b"b", b"c"] {
+        let req = PutRequest {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        run_write(&store, |t| apply::put(t, &req)).expect("put");
+    }
+    // As a store written before the count existed.
+    let storage = store.storage().clone();
+    storage
+        .db()
+        .delete_cf(storage.cf(crate::storage::CF_META), b"mvcc/keys_total")
+        .expect("delete the recorded count");
+    store.reload().expect("reload");
+    assert_eq!(store.keys_total(), 3);
 }

@@ -25,6 +25,8 @@ pub struct WriteTxn<'s> {
     batch: WriteBatch,
     events: Vec<Event>,
     compaction: Option<i64>,
+    /// Live keys created minus live keys deleted by this entry.
+    keys_delta: i64,
 }
 
 /// A finished entry, ready for `MvccStore::commit`.
@@ -32,6 +34,7 @@ pub struct FinishedTxn {
     pub batch: WriteBatch,
     pub change: Option<CommittedChange>,
     pub compaction: Option<i64>,
+    pub keys_delta: i64,
 }
 
 impl<'s> WriteTxn<'s> {
@@ -44,6 +47,7 @@ impl<'s> WriteTxn<'s> {
             batch: WriteBatch::default(),
             events: Vec::new(),
             compaction: None,
+            keys_delta: 0,
         }
     }
 
@@ -89,7 +93,10 @@ impl<'s> WriteTxn<'s> {
         let rev = self.next_revision();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
-            None => (rev.main, 1),
+            None => {
+                self.keys_delta += 1;
+                (rev.main, 1)
+            }
         };
         let record = Record::Put {
             create_revision,
@@ -124,6 +131,7 @@ impl<'s> WriteTxn<'s> {
             live.push(v.to_key_value()?);
             Ok(true)
         })?;
+        self.keys_delta -= live.len() as i64;
         for prev in &live {
             let rev = self.next_revision();
             self.write_version(&prev.key, rev, &Record::Tombstone);
@@ -180,6 +188,7 @@ impl<'s> WriteTxn<'s> {
             batch: self.batch,
             change,
             compaction: self.compaction,
+            keys_delta: self.keys_delta,
         }
     }
 

@@ -89,9 +89,13 @@ impl RaftNode {
                 }
             }
             Change::Update(update) => {
+                let known = view
+                    .nodes
+                    .get(&update.id)
+                    .ok_or(EtcdError::MemberNotFound)?;
                 let node = MemberNode {
                     peer_urls: update.peer_urls,
-                    ..view.nodes[&update.id].clone()
+                    ..known.clone()
                 };
                 (
                     ChangeMembers::SetNodes(BTreeMap::from([(update.id, node)])),
@@ -103,7 +107,10 @@ impl RaftNode {
                 true,
             ),
             Change::Publish(publish) => {
-                let node = &view.nodes[&publish.id];
+                let node = view
+                    .nodes
+                    .get(&publish.id)
+                    .ok_or(EtcdError::MemberNotFound)?;
                 if node.name == publish.name && node.client_urls == publish.client_urls {
                     return Ok(self.status().applied_index);
                 }

@@ -1,6 +1,7 @@
 //! Listeners: TCP, optionally TLS, serving HTTP/2 (gRPC) and HTTP/1.1 on the same port, as
 //! etcd's client URLs do.
 
+mod h2_authority;
 pub mod tls;
 
 use std::time::Duration;
@@ -12,6 +13,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+
+use h2_authority::AuthorityFix;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +74,7 @@ async fn serve_connection(
     let outcome = match tls {
         None => {
             builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await
         }
         Some(acceptor) => {
@@ -85,7 +88,7 @@ async fn serve_connection(
                     Err(_) => return,
                 };
             builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await
         }
     };

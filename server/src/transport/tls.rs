@@ -388,6 +388,18 @@ pub fn peer_client_config(
     Ok(Arc::new(config))
 }
 
+/// TLS towards the Kubernetes API from a pod: its service account's CA, no client certificate.
+pub fn kube_api_client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots_from(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn roots_from(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {

@@ -378,6 +378,31 @@ pub async fn fetch_cluster(
     }
 }
 
+/// Asks the member at peer URL `url` (the leader) for a membership change on behalf of a
+/// process that is not a running member here: a member joining with --join-seeds, or
+/// `keelson leave`. `cluster_id` is the cluster's, as the peer protocol requires it.
+pub async fn change_members_at(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    cluster_id: u64,
+    change: MembershipChange,
+    timeout: Duration,
+) -> Result<u64, EtcdError> {
+    let channel = connect_lazy(url, tls)
+        .ok_or_else(|| EtcdError::Internal(format!("cannot connect to {url}")))?;
+    let mut client = PeerClient::new(channel);
+    let mut request = tonic::Request::new(change);
+    if let Ok(v) = format!("{cluster_id:x}").parse() {
+        request.metadata_mut().insert(CLUSTER_ID_HEADER, v);
+    }
+    match tokio::time::timeout(timeout, client.change_members(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner().applied_index),
+        Ok(Err(status)) if was_not_sent(&status) => Err(EtcdError::NoLeader),
+        Ok(Err(status)) => Err(etcd_error_of(&status)),
+        Err(_) => Err(EtcdError::Timeout),
+    }
+}
+
 async fn connect_tls(
     uri: Uri,
     tls: Arc<rustls::ClientConfig>,
@@ -508,10 +533,10 @@ impl RaftPeer {
     {
         let message = wire::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.message()))))?;
-        let client = self
-            .pool
-            .client(self.target, &self.urls)
-            .map_err(|e| self.rpc_error(e))?;
+        let client = self.pool.client(self.target, &self.urls).map_err(|e| {
+            self.set_active(false);
+            self.rpc_error(e)
+        })?;
         self.pool.count_sent(self.target, message.payload.len());
         let started = Instant::now();
         let answer = self
@@ -525,8 +550,13 @@ impl RaftPeer {
         let answer = match answer {
             Ok(answer) => answer,
             Err(status) => {
-                self.set_active(false);
-                return Err(self.rpc_error(self.pool.call_error(self.target, status)));
+                let error = self.pool.call_error(self.target, status);
+                // As etcd's transport: a member stops counting as connected when the
+                // connection fails, not when one call is slow.
+                if matches!(error, PeerCallError::NotSent(_)) {
+                    self.set_active(false);
+                }
+                return Err(self.rpc_error(error));
             }
         };
         self.set_active(true);

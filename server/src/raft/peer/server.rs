@@ -337,6 +337,7 @@ fn cluster_info(node: &RaftNode) -> ClusterInfo {
         removed_ids: node.cluster.removed().into_iter().collect(),
         member_id: node.member_id(),
         has_leader: node.ever_had_leader() || node.status().leader.is_some(),
+        leader_id: node.status().leader.unwrap_or(0),
     }
 }
 
