@@ -28,14 +28,16 @@ test: test-deps build deploy-test
 
 ## The robustness suite (docs/robustness.md): random traffic, one injected fault per run,
 ## linearizability, watch and durability checks. ROBUSTNESS_RUNS, ROBUSTNESS_DURATION (seconds of
-## traffic per run), ROBUSTNESS_SEED (first seed; a failing run prints the one that reproduces
-## it), ROBUSTNESS_SCENARIOS, ROBUSTNESS_MEMBERS. Writes robustness/results/LATEST.md and
+## traffic per run), ROBUSTNESS_TIME (seconds: no new run starts after it), ROBUSTNESS_SEED
+## (first seed; a failing run prints the one that reproduces it), ROBUSTNESS_SCENARIOS,
+## ROBUSTNESS_MEMBERS. Writes robustness/results/LATEST.md and
 ## runs.jsonl; failing runs' histories go to target/robustness/seed-<n>/.
 ROBUSTNESS_BIN := $(PROFILE_DIR)/keelson-robustness
 robustness: build
 	$(CARGO) build --locked -p robustness --bin keelson-robustness
 	KEELSON_BIN=$(KEELSON_BIN) ROBUSTNESS_RESULTS=$${ROBUSTNESS_RESULTS:-$(CURDIR)/robustness/results} \
-		ROBUSTNESS_ARTIFACTS=$${ROBUSTNESS_ARTIFACTS:-$(CARGO_TARGET_DIR)/robustness} $(ROBUSTNESS_BIN) </dev/null
+		ROBUSTNESS_ARTIFACTS=$${ROBUSTNESS_ARTIFACTS:-$(CARGO_TARGET_DIR)/robustness} \
+		ROBUSTNESS_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) $(ROBUSTNESS_BIN) </dev/null
 
 ## Deployment (deploy/, charts/keelson; docs/deploy.md). Offline tests with pinned tools from
 ## PyPI in a venv outside the clone (scripts/install-deploy-tools.sh): the chart rendered by

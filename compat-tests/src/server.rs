@@ -385,6 +385,17 @@ impl Server {
         self.options.cluster = Some(flags);
     }
 
+    /// Adds a flag to every later start of this member (a member restarted with
+    /// `--join-seeds`, as the Helm chart starts them).
+    pub fn add_arg(&mut self, arg: impl Into<String>) {
+        self.options.extra_args.push(arg.into());
+    }
+
+    /// The flags this member runs with, as `keelson leave` expects them (the member's own).
+    pub fn member_args(&self) -> Vec<String> {
+        self.command_args()
+    }
+
     /// Deletes the data directory of a member that is not running.
     pub fn wipe_data_dir(&self) -> std::io::Result<()> {
         match std::fs::remove_dir_all(self.data_dir()) {

@@ -31,12 +31,14 @@ pub enum Scenario {
     ClientBlackhole,
     WipeRejoin,
     RemoveReadd,
+    LoseDiskJoin,
+    LeaveJoin,
     LeaderTransfers,
     SlowDisk,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 19] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -52,6 +54,8 @@ impl Scenario {
         Scenario::ClientBlackhole,
         Scenario::WipeRejoin,
         Scenario::RemoveReadd,
+        Scenario::LoseDiskJoin,
+        Scenario::LeaveJoin,
         Scenario::LeaderTransfers,
         Scenario::SlowDisk,
     ];
@@ -73,6 +77,8 @@ impl Scenario {
             Scenario::ClientBlackhole => "client-blackhole",
             Scenario::WipeRejoin => "wipe-rejoin",
             Scenario::RemoveReadd => "remove-readd",
+            Scenario::LoseDiskJoin => "lose-disk-join",
+            Scenario::LeaveJoin => "leave-join",
             Scenario::LeaderTransfers => "leader-transfers",
             Scenario::SlowDisk => "slow-disk",
         }
@@ -111,6 +117,10 @@ pub struct FaultReport {
     pub injected_at: f64,
     pub healed_at: f64,
     pub notes: Vec<String>,
+    /// What the cluster failed to do that it promises (a member that left and rejoined with
+    /// `--join-seeds` not a voter again in time): anomalies, not notes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
 }
 
 const HOOK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -523,6 +533,25 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
                 report.notes.push(e);
             }
         }
+        Scenario::LoseDiskJoin | Scenario::LeaveJoin => {
+            let victim = if rng.chance(35) {
+                leader_index
+            } else {
+                pick_follower(rng)
+            };
+            let lose_disk = scenario == Scenario::LoseDiskJoin;
+            report.description = format!(
+                "member {victim} {}, restarted with --join-seeds",
+                if lose_disk {
+                    "killed and its data dir wiped"
+                } else {
+                    "left the cluster under load (keelson leave)"
+                }
+            );
+            if let Err(e) = join_again(target.cluster, victim, lose_disk, &ids, &mut report).await {
+                report.failures.push(e);
+            }
+        }
         Scenario::LeaderTransfers => {
             let rounds = rng.between(3, 8);
             let mut done = 0;
@@ -568,6 +597,106 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
     report.notes.extend(heal_everything(target, &paused).await);
     report.healed_at = target.clock.now() as f64 / 1e9;
     report
+}
+
+/// How long a member restarted with `--join-seeds` may take to be a voter again (joined as a
+/// learner, caught up, promoted itself).
+const JOIN_WAIT: Duration = Duration::from_secs(90);
+/// `keelson leave`'s own bound (it retries while the cluster refuses the removal).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// keelson's own way back for a member, as the Helm chart uses it (docs/deploy.md): with
+/// `lose_disk`, member `victim` is killed and its data dir wiped, and the join step must remove
+/// its old identity and add it again as a learner; otherwise `keelson leave` removes it under
+/// load (it stops by itself) and the join step must set its data aside and join as a learner.
+/// Either way it must promote itself.
+async fn join_again(
+    cluster: &mut Cluster,
+    victim: usize,
+    lose_disk: bool,
+    ids: &[Option<u64>],
+    report: &mut FaultReport,
+) -> Result<(), String> {
+    let old_id = ids[victim].ok_or("no ID for the member")?;
+    let seeds = cluster
+        .members
+        .iter()
+        .map(|m| m.peer_url())
+        .collect::<Vec<_>>()
+        .join(",");
+    if lose_disk {
+        cluster.kill(victim);
+        cluster.members[victim]
+            .wipe_data_dir()
+            .map_err(|e| format!("wipe: {e}"))?;
+    } else {
+        let mut leave = tokio::process::Command::new(compat_tests::server::keelson_binary());
+        leave
+            .arg("leave")
+            .arg(format!("--timeout={}s", LEAVE_TIMEOUT.as_secs()))
+            .args(cluster.members[victim].member_args())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(LEAVE_TIMEOUT + Duration::from_secs(10), leave.output())
+            .await
+            .map_err(|_| format!("keelson leave did not end within {LEAVE_TIMEOUT:?} + 10 s"))?
+            .map_err(|e| format!("keelson leave: {e}"))?;
+        if !output.status.success() {
+            report.notes.push(format!(
+                "keelson leave: {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        // A removed member stops by itself shortly after it learns of its removal.
+        if cluster.members[victim]
+            .wait_for_exit(Duration::from_secs(10))
+            .await
+            .is_none()
+        {
+            report
+                .notes
+                .push("the member that left did not exit within 10 s".into());
+        }
+        cluster.kill(victim);
+    }
+    cluster.members[victim].add_arg(format!("--join-seeds={seeds}"));
+    cluster.members[victim].try_respawn()?;
+    cluster.members[victim].try_wait_ready().await?;
+    // Ready answers a Range; a voter again is what the join step promises.
+    let helper = others(cluster, &[victim])
+        .into_iter()
+        .find(|i| cluster.members[*i].is_running())
+        .ok_or("no other member to ask")?;
+    let peer_url = cluster.members[victim].peer_url();
+    let deadline = Instant::now() + JOIN_WAIT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match connect(&cluster.members[helper].endpoint()).await {
+            Ok(mut client) => match client.member_list().await {
+                Ok(list) => {
+                    let entry = list
+                        .members()
+                        .iter()
+                        .find(|m| m.peer_urls().contains(&peer_url));
+                    match entry {
+                        Some(m) if !m.is_learner() && m.id() != old_id => return Ok(()),
+                        Some(m) if m.id() == old_id => {
+                            last = "still listed under its old ID".into();
+                        }
+                        Some(_) => last = "still a learner".into(),
+                        None => last = "not listed".into(),
+                    }
+                }
+                Err(e) => last = format!("member list: {e}"),
+            },
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "member {victim} not a voter under a new ID within {JOIN_WAIT:?} of joining: {last}"
+    ))
 }
 
 /// Removes member `victim` (killed first with `crash`, else live: it stops by itself), wipes

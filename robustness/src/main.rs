@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `ROBUSTNESS_RUNS` | how many runs | 17 |
 //! | `ROBUSTNESS_DURATION` | traffic per run, seconds | 12 |
+//! | `ROBUSTNESS_TIME` | no new run starts after this many seconds of the series | none |
 //! | `ROBUSTNESS_SEED` | the first seed (run i uses seed + i) | the time |
 //! | `ROBUSTNESS_SCENARIOS` | comma-separated scenario names | all |
 //! | `ROBUSTNESS_MEMBERS` | comma-separated member counts | 1,3,5 |
@@ -83,6 +84,14 @@ fn real_main() -> Result<(), String> {
         vec![1, 3, 5],
     )?;
     let clients: usize = env("ROBUSTNESS_CLIENTS", 3)?;
+    // A bound on the whole series (a run already started finishes): `make robustness` for a
+    // given wall time rather than a number of runs.
+    let budget: Option<Duration> = match env("ROBUSTNESS_TIME", 0.0f64)? {
+        t if t > 0.0 => Some(Duration::from_secs_f64(t)),
+        _ => None,
+    };
+    let commit = std::env::var("ROBUSTNESS_COMMIT").unwrap_or_default();
+    let series_started = std::time::Instant::now();
     let results = std::env::var_os("ROBUSTNESS_RESULTS").map(PathBuf::from);
     let artifacts = std::env::var_os("ROBUSTNESS_ARTIFACTS")
         .map(PathBuf::from)
@@ -113,6 +122,13 @@ fn real_main() -> Result<(), String> {
         combos.len()
     );
     for i in 0..runs {
+        if budget.is_some_and(|b| series_started.elapsed() >= b) {
+            println!(
+                "ROBUSTNESS_TIME reached after {i} runs ({:?})",
+                series_started.elapsed()
+            );
+            break;
+        }
         let seed = first_seed.wrapping_add(i as u64);
         let (m, scenario) = combos[(seed % combos.len() as u64) as usize];
         let config = RunConfig {
@@ -150,9 +166,15 @@ fn real_main() -> Result<(), String> {
         reports.push(report);
         if let Some(dir) = &results {
             let header = format!(
-                "# keelson robustness: latest long run\n\nSeeds {first_seed}..{}, {:?} of traffic per run, {clients} KV clients per member (`make robustness`, docs/robustness.md).",
+                "# keelson robustness: latest long run\n\nSeeds {first_seed}..{}, {:?} of traffic per run, {clients} KV clients per member, {:.0} min of wall time{} (`make robustness`, docs/robustness.md).",
                 first_seed.wrapping_add(i as u64),
-                duration
+                duration,
+                series_started.elapsed().as_secs_f64() / 60.0,
+                if commit.is_empty() {
+                    String::new()
+                } else {
+                    format!(", keelson at commit {commit}")
+                }
             );
             let _ = std::fs::write(dir.join("LATEST.md"), summary::markdown(&reports, &header));
         }

@@ -332,6 +332,9 @@ pub async fn run(config: RunConfig) -> RunReport {
         };
         report.fault = faults::inject(config.scenario, &mut target, &mut fault_rng).await;
     }
+    report
+        .anomalies
+        .extend(report.fault.failures.iter().map(|f| format!("fault: {f}")));
     let traffic_deadline = Duration::from_nanos(traffic_started) + config.traffic;
     let at_least_after = Duration::from_secs(2);
     let now = Duration::from_nanos(clock.now());

@@ -15,6 +15,7 @@ struct Row {
     max_ops: usize,
     max_checker_ms: u64,
     indeterminate: usize,
+    checked: usize,
 }
 
 pub fn markdown(reports: &[RunReport], header: &str) -> String {
@@ -27,24 +28,37 @@ pub fn markdown(reports: &[RunReport], header: &str) -> String {
         row.max_ops = row.max_ops.max(r.operations);
         row.max_checker_ms = row.max_checker_ms.max(r.kv.checker_ms);
         row.indeterminate += r.indeterminate;
+        row.checked += r.kv.operations_checked;
     }
     let mut out = String::new();
     let _ = writeln!(out, "{header}\n");
     let failed = reports.iter().filter(|r| !r.passed()).count();
-    let _ = writeln!(out, "{} runs, {} with anomalies.\n", reports.len(), failed);
+    let operations: usize = reports.iter().map(|r| r.operations).sum();
+    let checked: usize = reports.iter().map(|r| r.kv.operations_checked).sum();
+    let events: usize = reports.iter().map(|r| r.watch_events).sum();
+    let scenarios = rows.len();
     let _ = writeln!(
         out,
-        "| scenario | members | runs | with anomalies | worst unavailability (s) | largest history (ops) | indeterminate requests | slowest check (ms) |"
+        "{} runs over {scenarios} scenario/member pairs, {} with anomalies; {operations} requests \
+         recorded, {checked} operations checked for linearizability, {events} watch events \
+         validated.\n",
+        reports.len(),
+        failed
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| scenario | members | runs | with anomalies | worst unavailability (s) | largest history (ops) | operations checked | indeterminate requests | slowest check (ms) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for ((scenario, members), row) in &rows {
         let _ = writeln!(
             out,
-            "| {scenario} | {members} | {} | {} | {:.2} | {} | {} | {} |",
+            "| {scenario} | {members} | {} | {} | {:.2} | {} | {} | {} | {} |",
             row.runs,
             row.failed,
             row.worst_unavailable_s,
             row.max_ops,
+            row.checked,
             row.indeterminate,
             row.max_checker_ms
         );

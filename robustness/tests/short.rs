@@ -1,5 +1,7 @@
-//! The short slice of the robustness suite that `make test` runs: a few seeds over 1- and
-//! 3-member clusters and several fault kinds, plus one run whose recording is corrupted on
+//! The short slice of the robustness suite that `make test` runs: a few seeds over 1-, 3- and
+//! 5-member clusters and several fault kinds (a crash of every member, of the leader and of a
+//! majority, an asymmetric partition, a slow disk, a frozen leader, a lost disk replaced
+//! through `--join-seeds`), plus one run whose recording is corrupted on
 //! purpose, which the checks must reject. `make robustness` runs the long series.
 
 use std::time::Duration;
@@ -43,6 +45,9 @@ async fn a_short_series_of_faults_finds_no_anomaly() {
         config(12, 3, Scenario::KillLeader),
         config(13, 3, Scenario::AsymmetricPartition),
         config(14, 3, Scenario::SlowDisk),
+        config(15, 3, Scenario::PauseLeader),
+        config(16, 3, Scenario::LoseDiskJoin),
+        config(17, 5, Scenario::KillMajority),
     ];
     let mut failures = Vec::new();
     for c in runs {
