@@ -29,6 +29,7 @@ pub enum Scenario {
     PeerBlackhole,
     ClientCut,
     ClientBlackhole,
+    ClientDelay,
     WipeRejoin,
     RemoveReadd,
     LoseDiskJoin,
@@ -38,7 +39,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 19] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::KillLeader,
         Scenario::KillFollower,
         Scenario::KillMajority,
@@ -52,6 +53,7 @@ impl Scenario {
         Scenario::PeerBlackhole,
         Scenario::ClientCut,
         Scenario::ClientBlackhole,
+        Scenario::ClientDelay,
         Scenario::WipeRejoin,
         Scenario::RemoveReadd,
         Scenario::LoseDiskJoin,
@@ -75,6 +77,7 @@ impl Scenario {
             Scenario::PeerBlackhole => "peer-blackhole",
             Scenario::ClientCut => "client-cut",
             Scenario::ClientBlackhole => "client-blackhole",
+            Scenario::ClientDelay => "client-delay",
             Scenario::WipeRejoin => "wipe-rejoin",
             Scenario::RemoveReadd => "remove-readd",
             Scenario::LoseDiskJoin => "lose-disk-join",
@@ -96,6 +99,7 @@ impl Scenario {
             | Scenario::PauseLeader
             | Scenario::ClientCut
             | Scenario::ClientBlackhole
+            | Scenario::ClientDelay
             | Scenario::SlowDisk => true,
             _ => members >= 3,
         }
@@ -494,11 +498,11 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
             let held = hold(rng, 2000, 5000).await;
             report.description = format!("peer traffic of member {victim} blackholed for {held:?}");
         }
-        Scenario::ClientCut | Scenario::ClientBlackhole => {
-            let mode = if scenario == Scenario::ClientCut {
-                Mode::Drop
-            } else {
-                Mode::Blackhole
+        Scenario::ClientCut | Scenario::ClientBlackhole | Scenario::ClientDelay => {
+            let mode = match scenario {
+                Scenario::ClientCut => Mode::Drop,
+                Scenario::ClientBlackhole => Mode::Blackhole,
+                _ => Mode::Delay(Duration::from_millis(rng.between(50, 500))),
             };
             let victims: Vec<usize> = if rng.chance(30) {
                 (0..n).collect()
