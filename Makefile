@@ -6,7 +6,7 @@ KEELSON_BIN := $(PROFILE_DIR)/keelson
 RUN_ARGS ?=
 
 .PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale \
-	deploy-test chart-test chart-sync image
+	deploy-test chart-test chart-sync image robustness
 
 deps:
 	@scripts/install-deps.sh
@@ -25,6 +25,19 @@ run: build
 ## against the real binary, etcdctl and the real etcd.
 test: test-deps build deploy-test
 	KEELSON_BIN=$(KEELSON_BIN) $(CARGO) test --locked --workspace --no-fail-fast
+
+## The robustness suite (docs/robustness.md): random traffic, one injected fault per run,
+## linearizability, watch and durability checks. ROBUSTNESS_RUNS, ROBUSTNESS_DURATION (seconds of
+## traffic per run), ROBUSTNESS_TIME (seconds: no new run starts after it), ROBUSTNESS_SEED
+## (first seed; a failing run prints the one that reproduces it), ROBUSTNESS_SCENARIOS,
+## ROBUSTNESS_MEMBERS. Writes robustness/results/LATEST.md and
+## runs.jsonl; failing runs' histories go to target/robustness/seed-<n>/.
+ROBUSTNESS_BIN := $(PROFILE_DIR)/keelson-robustness
+robustness: build
+	$(CARGO) build --locked -p robustness --bin keelson-robustness
+	KEELSON_BIN=$(KEELSON_BIN) ROBUSTNESS_RESULTS=$${ROBUSTNESS_RESULTS:-$(CURDIR)/robustness/results} \
+		ROBUSTNESS_ARTIFACTS=$${ROBUSTNESS_ARTIFACTS:-$(CARGO_TARGET_DIR)/robustness} \
+		ROBUSTNESS_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null) $(ROBUSTNESS_BIN) </dev/null
 
 ## Deployment (deploy/, charts/keelson; docs/deploy.md). Offline tests with pinned tools from
 ## PyPI in a venv outside the clone (scripts/install-deploy-tools.sh): the chart rendered by

@@ -1,7 +1,9 @@
 //! Compiles the etcd v3 API, keelson's raft payload and its peer protocol.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: a build script reused from a target directory shared between clones
+    // at different paths must look at the clone being built.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     let files = [
         "mvccpb/kv.proto",
         "authpb/auth.proto",

@@ -148,6 +148,11 @@ impl Cluster {
         self.base.kind
     }
 
+    /// The `--initial-cluster-token` the members were started with.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn size(&self) -> usize {
         self.members.len()
     }

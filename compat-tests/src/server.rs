@@ -368,6 +368,42 @@ impl Server {
         }
     }
 
+    /// Like [`Server::respawn`], reporting a failure to start instead of panicking.
+    pub fn try_respawn(&mut self) -> Result<(), String> {
+        self.kill();
+        self.spawn().map_err(|e| e.message)
+    }
+
+    /// Like [`Server::wait_ready`], reporting instead of panicking.
+    pub async fn try_wait_ready(&mut self) -> Result<(), String> {
+        self.wait_until_ready().await.map_err(|e| e.message)
+    }
+
+    /// The bootstrap flags of the next start (a member removed and added again under the same
+    /// name and URLs joins with `existing`).
+    pub fn set_cluster_flags(&mut self, flags: ClusterFlags) {
+        self.options.cluster = Some(flags);
+    }
+
+    /// Adds a flag to every later start of this member (a member restarted with
+    /// `--join-seeds`, as the Helm chart starts them).
+    pub fn add_arg(&mut self, arg: impl Into<String>) {
+        self.options.extra_args.push(arg.into());
+    }
+
+    /// The flags this member runs with, as `keelson leave` expects them (the member's own).
+    pub fn member_args(&self) -> Vec<String> {
+        self.command_args()
+    }
+
+    /// Deletes the data directory of a member that is not running.
+    pub fn wipe_data_dir(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until a respawned member is ready.
     pub async fn wait_ready(&mut self) {
         if let Err(error) = self.wait_until_ready().await {

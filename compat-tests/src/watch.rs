@@ -1862,8 +1862,10 @@ pub fn resume_points(view: &WatchView, count: usize) -> Vec<i64> {
             points.push(view.events[step * (n - 1) / (count - 1)].revision());
         }
     }
+    // A watch that starts in the future may hear of progress below its start; resuming it
+    // from there would ask for events it never watched.
     for progress in view.progress.iter().take(2) {
-        points.push(progress + 1);
+        points.push((progress + 1).max(view.from));
     }
     points.sort_unstable();
     points.dedup();

@@ -559,6 +559,26 @@ async fn cluster_gauges_follow_leadership_and_peer_traffic() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if cluster.kind() == ServerKind::Keelson {
+        // The new leader's heartbeats to the killed member cannot be delivered. (etcd counts
+        // heartbeats sent late instead, which a loopback cluster rarely sees.)
+        let new_leader = cluster.wait_for_leader_among(&[leader], WAIT).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let failures = scrape(&cluster, new_leader)
+                .await
+                .value("etcd_server_heartbeat_send_failures_total", &[]);
+            if failures > 0.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd_server_heartbeat_send_failures_total stayed 0 on the new leader while a \
+                 member was down"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Quorum lost: has_leader drops to 0 and /health says so.
     let other = (0..3)
         .find(|i| *i != leader && *i != survivor)
@@ -587,6 +607,30 @@ async fn cluster_gauges_follow_leadership_and_peer_traffic() {
         health.body
     );
     assert_eq!(health.json()["health"], "false");
+    // A linearizable read cannot be confirmed without a quorum: it fails and is counted.
+    let failed_before = scrape(&cluster, survivor)
+        .await
+        .value("etcd_server_read_indexes_failed_total", &[]);
+    let mut survivor_client = cluster.member_client(survivor).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        survivor_client.get("metrics/k", None),
+    )
+    .await
+    .expect("a linearizable read without quorum neither failed nor answered within 30 s");
+    assert!(
+        read.is_err(),
+        "a linearizable read without quorum answered: {read:?}"
+    );
+    if cluster.kind() == ServerKind::Keelson {
+        let failed_after = scrape(&cluster, survivor)
+            .await
+            .value("etcd_server_read_indexes_failed_total", &[]);
+        assert!(
+            failed_after > failed_before,
+            "etcd_server_read_indexes_failed_total stayed at {failed_before} after a failed read"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -160,6 +160,18 @@ async fn counters_move_with_traffic() {
         20.0,
         "handled Put calls"
     );
+    // 20 puts, a get and a lease grant are unary requests; the watch is a stream.
+    let requests =
+        |s: &Scrape, kind: &str| s.value("etcd_server_client_requests_total", &[("type", kind)]);
+    assert!(
+        requests(&after, "unary") - requests(&before, "unary") >= 22.0,
+        "etcd_server_client_requests_total{{type=\"unary\"}} grew by {} for 22 unary calls",
+        requests(&after, "unary") - requests(&before, "unary")
+    );
+    assert!(
+        requests(&after, "stream") > requests(&before, "stream"),
+        "etcd_server_client_requests_total{{type=\"stream\"}} did not count the watch stream"
+    );
     let watch_handled = |s: &Scrape| {
         s.value(
             "grpc_server_handled_total",

@@ -4,6 +4,7 @@
 //! applied log id), lands in one RocksDB batch, so a crash replays an entry entirely or not at all.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
 
@@ -12,6 +13,7 @@ use super::quota;
 use crate::auth::{AuthStore, Caller};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
+use crate::metrics::METRICS;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
@@ -21,6 +23,9 @@ use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
 use crate::raft::StateMachineApplier;
 use crate::storage::{Storage, StorageError};
+
+/// etcd's warnApplyDuration: an apply slower than this is logged and counted.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 pub struct Applier {
     store: Arc<MvccStore>,
@@ -119,7 +124,19 @@ impl StateMachineApplier for Applier {
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError> {
-        Applier::apply(self, index, request, record)
+        let started = Instant::now();
+        let outcome = Applier::apply(self, index, request, record);
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            // etcd's warning and counter for an apply over 100 ms: a slow disk or an overloaded
+            // member, which the mixin's dashboards show.
+            METRICS.slow_apply.inc();
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "apply request took too long"
+            );
+        }
+        outcome
     }
 
     fn reload(&self) -> Result<(), StorageError> {

@@ -197,6 +197,29 @@ impl CallLabels {
     fn values(&self) -> [&str; 3] {
         [self.kind, &self.service, &self.method]
     }
+
+    /// etcd_server_client_requests_total's `type`: etcd's interceptors say unary or stream.
+    fn request_type(&self) -> &'static str {
+        if self.kind == "unary" {
+            "unary"
+        } else {
+            "stream"
+        }
+    }
+}
+
+/// The `client-api-version` metadata that etcd's Go client sends, as etcd labels requests by it.
+/// Only short version-like values become labels, so that clients cannot grow the label set
+/// without bound.
+fn client_api_version(request: &Request<Body>) -> &str {
+    request
+        .headers()
+        .get("client-api-version")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 8 && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        })
+        .unwrap_or("unknown")
 }
 
 /// Records a call once: when its status is known, or as `Canceled` if the stream is dropped.
@@ -274,6 +297,10 @@ where
             .grpc
             .started
             .with_label_values(&labels.values())
+            .inc();
+        METRICS
+            .client_requests
+            .with_label_values(&[labels.request_type(), client_api_version(&request)])
             .inc();
         let received = METRICS
             .grpc

@@ -29,6 +29,7 @@ use rocksdb::WriteBatch;
 use tokio::sync::watch;
 
 use crate::error::{EtcdError, EtcdResult};
+use crate::metrics::METRICS;
 use crate::proto::etcdserverpb::{
     LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
@@ -510,8 +511,18 @@ impl RaftNode {
         )
         .await
         {
-            Ok(outcome) => outcome,
-            Err(_) => Err(EtcdError::Timeout),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                METRICS.read_indexes_failed.inc();
+                Err(e)
+            }
+            Err(_) => {
+                // etcd counts a read index that did not come back in time as both slow and
+                // failed.
+                METRICS.slow_read_indexes.inc();
+                METRICS.read_indexes_failed.inc();
+                Err(EtcdError::Timeout)
+            }
         }
     }
 

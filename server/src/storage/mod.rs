@@ -4,6 +4,7 @@
 //! orders the raft log, the raft vote and the state machine: a crash recovers a prefix of all
 //! writes, which keeps the applied index consistent with the data it describes.
 
+pub mod faults;
 pub mod ownership;
 mod syncer;
 
@@ -203,6 +204,7 @@ impl Storage {
         let started = Instant::now();
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
+        faults::disk_faults().before_fsync();
         self.db.write_opt(batch, &opts)?;
         self.observer.wal_fsync(started.elapsed().as_secs_f64());
         Ok(())
@@ -211,6 +213,7 @@ impl Storage {
     /// Makes every write issued so far durable: one fsync covers all of them.
     pub fn sync_wal(&self) -> Result<()> {
         let started = Instant::now();
+        faults::disk_faults().before_fsync();
         self.db.flush_wal(true)?;
         self.observer.wal_fsync(started.elapsed().as_secs_f64());
         Ok(())

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use super::faults::PeerFaults;
+use super::faults::{Outbound, PeerFaults};
 use super::snapshot_transfer;
 use super::wire;
 use crate::error::EtcdError;
@@ -52,6 +52,8 @@ const APPEND_BYTES_BUDGET: usize = 8 << 20;
 /// The largest peer message a member accepts: one entry may be a whole client request.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a snapshot transfer over a blackholed link (fault injection) hangs before it fails.
+const SNAPSHOT_LOSS_WAIT: Duration = Duration::from_secs(1);
 /// HTTP/2 keep-alive between members, so that a dead peer is noticed without a request.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -140,7 +142,7 @@ impl PeerPool {
     }
 
     fn client(&self, member: u64, urls: &[String]) -> Result<PeerClient<Channel>, PeerCallError> {
-        if self.faults.is_blocked(member) {
+        if self.faults.outbound(member) == Some(Outbound::Drop) {
             return Err(PeerCallError::NotSent(member));
         }
         Ok(PeerClient::new(self.channel(member, urls)?)
@@ -169,6 +171,54 @@ impl PeerPool {
         PeerCallError::Failed(etcd_error_of(&status))
     }
 
+    /// One unary call to `member` bounded by `timeout`, through the test-only fault rules
+    /// (faults.rs): a blackholed call is never sent, a call without reply is sent and its answer
+    /// dropped, both end at the deadline as a lost packet would make them.
+    async fn unary_to<T>(
+        &self,
+        member: u64,
+        timeout: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        let deadline_exceeded = || Status::deadline_exceeded(EtcdError::Timeout.to_string());
+        match self.faults.outbound(member) {
+            None | Some(Outbound::Drop) => unary(timeout, call).await,
+            Some(Outbound::Delay(delay)) => {
+                let delay = delay.min(timeout);
+                tokio::time::sleep(delay).await;
+                unary(timeout - delay, call).await
+            }
+            Some(Outbound::Blackhole) => {
+                drop(call);
+                tokio::time::sleep(timeout).await;
+                Err(deadline_exceeded())
+            }
+            Some(Outbound::NoReply) => {
+                let started = tokio::time::Instant::now();
+                let _lost = unary(timeout, call).await;
+                tokio::time::sleep_until(started + timeout).await;
+                Err(deadline_exceeded())
+            }
+        }
+    }
+
+    /// Applies the fault rules to a snapshot transfer to `member`: a transfer over a lossy link
+    /// fails (openraft retries it), a slow link starts it later.
+    async fn snapshot_link(&self, member: u64) -> Result<(), ()> {
+        match self.faults.outbound(member) {
+            None => Ok(()),
+            Some(Outbound::Delay(delay)) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Some(Outbound::Drop) => Err(()),
+            Some(Outbound::Blackhole) | Some(Outbound::NoReply) => {
+                tokio::time::sleep(SNAPSHOT_LOSS_WAIT).await;
+                Err(())
+            }
+        }
+    }
+
     fn count_sent(&self, member: u64, bytes: usize) {
         METRICS
             .peer_sent_bytes
@@ -186,7 +236,7 @@ impl PeerPool {
         let mut client = self.client(leader, urls)?;
         self.count_sent(leader, request.encoded_len());
         let call = client.propose(self.request(request.clone()));
-        unary(timeout, call)
+        self.unary_to(leader, timeout, call)
             .await
             .map_err(|s| self.call_error(leader, s))
     }
@@ -199,7 +249,7 @@ impl PeerPool {
     ) -> Result<u64, PeerCallError> {
         let mut client = self.client(leader, urls)?;
         let call = client.read_index(self.request(ReadIndexRequest {}));
-        unary(timeout, call)
+        self.unary_to(leader, timeout, call)
             .await
             .map(|r| r.index)
             .map_err(|s| self.call_error(leader, s))
@@ -214,7 +264,7 @@ impl PeerPool {
     ) -> Result<LeaseKeepAliveResponse, PeerCallError> {
         let mut client = self.client(leader, urls)?;
         let call = client.lease_keep_alive(self.request(LeaseKeepAliveRequest { id }));
-        unary(timeout, call)
+        self.unary_to(leader, timeout, call)
             .await
             .map_err(|s| self.call_error(leader, s))
     }
@@ -228,7 +278,7 @@ impl PeerPool {
     ) -> Result<LeaseTimeToLiveResponse, PeerCallError> {
         let mut client = self.client(leader, urls)?;
         let call = client.lease_time_to_live(self.request(request));
-        unary(timeout, call)
+        self.unary_to(leader, timeout, call)
             .await
             .map_err(|s| self.call_error(leader, s))
     }
@@ -242,7 +292,7 @@ impl PeerPool {
     ) -> Result<MembershipChangeResponse, PeerCallError> {
         let mut client = self.client(leader, urls)?;
         let call = client.change_members(self.request(change));
-        unary(timeout, call)
+        self.unary_to(leader, timeout, call)
             .await
             .map_err(|s| self.call_error(leader, s))
     }
@@ -490,7 +540,14 @@ impl RaftPeer {
         })?;
         self.pool.count_sent(self.target, message.payload.len());
         let started = Instant::now();
-        let answer = unary(option.soft_ttl(), call(client, self.pool.request(message))).await;
+        let answer = self
+            .pool
+            .unary_to(
+                self.target,
+                option.soft_ttl(),
+                call(client, self.pool.request(message)),
+            )
+            .await;
         let answer = match answer {
             Ok(answer) => answer,
             Err(status) => {
@@ -554,11 +611,17 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             rpc.entries.truncate(kept);
         }
         let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let heartbeat = rpc.entries.is_empty();
         let response: AppendEntriesResponse<TypeConfig> = self
             .call(&rpc, &option, |mut c, r| async move {
                 c.append_entries(r).await
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                if heartbeat {
+                    METRICS.heartbeat_send_failures.inc();
+                }
+            })?;
         Ok(match response {
             AppendEntriesResponse::Success if truncated => {
                 AppendEntriesResponse::PartialSuccess(last_sent)
@@ -607,6 +670,11 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             .pool
             .client(self.target, &self.urls)
             .map_err(|_| StreamingError::Unreachable(self.unreachable("unreachable")))?;
+        if self.pool.snapshot_link(self.target).await.is_err() {
+            return Err(StreamingError::Unreachable(
+                self.unreachable("the link is cut (fault injection)"),
+            ));
+        }
         let started = Instant::now();
         let send = snapshot_transfer::send(client, &self.pool, self.target, vote, snapshot);
         let outcome = tokio::select! {

@@ -18,7 +18,7 @@ use super::client::{
     CLUSTER_ID_HEADER, CLUSTER_MISMATCH_MESSAGE, FROM_HEADER, MAX_PEER_MESSAGE_BYTES,
     REMOVED_MESSAGE,
 };
-use super::faults::HTTP_PATH;
+use super::faults::{HTTP_PATH, RULES_HTTP_PATH};
 use super::wire;
 use crate::metrics::METRICS;
 use crate::proto::etcdserverpb::{
@@ -50,7 +50,15 @@ pub fn router(node: Arc<RaftNode>) -> axum::Router {
         .route("/members", get(members))
         .route("/version", get(version));
     if node.cluster.faults.enabled() {
-        http = http.route(HTTP_PATH, get(get_faults).put(put_faults));
+        http = http
+            .route(HTTP_PATH, get(get_faults).put(put_faults))
+            .route(RULES_HTTP_PATH, get(get_rules).put(put_rules));
+    }
+    if crate::storage::faults::disk_faults().enabled() {
+        http = http.route(
+            crate::storage::faults::HTTP_PATH,
+            get(get_fsync_delay).put(put_fsync_delay),
+        );
     }
     grpc.merge(http.with_state(node))
 }
@@ -373,6 +381,35 @@ async fn put_faults(State(node): State<Arc<RaftNode>>, body: String) -> Response
     match node.cluster.faults.set_blocked(&body) {
         Ok(()) => {
             tracing::warn!(blocked = %body.trim(), "fault injection: peer links cut");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn get_rules(State(node): State<Arc<RaftNode>>) -> Response {
+    node.cluster.faults.rules_text().into_response()
+}
+
+async fn put_rules(State(node): State<Arc<RaftNode>>, body: String) -> Response {
+    match node.cluster.faults.set_rules(&body) {
+        Ok(()) => {
+            tracing::warn!(rules = %body.trim(), "fault injection: peer rules set");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn get_fsync_delay() -> Response {
+    let delay = crate::storage::faults::disk_faults().fsync_delay();
+    delay.as_millis().to_string().into_response()
+}
+
+async fn put_fsync_delay(body: String) -> Response {
+    match crate::storage::faults::disk_faults().set_fsync_delay(&body) {
+        Ok(()) => {
+            tracing::warn!(ms = %body.trim(), "fault injection: fsync delay set");
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
