@@ -40,6 +40,7 @@ pub mod kv;
 pub mod lease;
 pub mod ops;
 pub mod server;
+pub mod snapshot;
 pub mod watch;
 
 pub use cluster::Cluster;

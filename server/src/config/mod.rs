@@ -3,7 +3,7 @@
 mod file;
 pub mod flags;
 mod go_duration;
-mod urls;
+pub mod urls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -109,6 +109,17 @@ impl Member {
     }
 
     /// The header every response carries; `revision` is the store revision it reports.
+    /// Starts streaming a snapshot of the state machine in etcd's format.
+    pub fn snapshot(
+        &self,
+    ) -> tokio::sync::mpsc::Receiver<
+        Result<crate::snapshot::stream::Chunk, crate::snapshot::SnapshotError>,
+    > {
+        let storage = self.store().storage().clone();
+        let dir = crate::snapshot::export_dir(storage.dir());
+        crate::snapshot::stream::start(storage, dir)
+    }
+
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,
