@@ -184,6 +184,26 @@ async fn one_snapshot_restored_on_three_keelson_members_forms_a_cluster() {
         .put("/new", "after", None)
         .await
         .expect("put on the restored cluster");
+    // etcd's Hash (of the backend) is the same on every member once they applied the same.
+    let hashes = poll_until(
+        Duration::from_secs(20),
+        "the 3 members hash the same",
+        || {
+            let cluster = &cluster;
+            async move {
+                let mut answers = Vec::new();
+                for i in 0..3 {
+                    let mut member = cluster.member_client(i).await;
+                    let answer = member.hash().await.ok()?;
+                    let revision = answer.header().map(|h| h.revision())?;
+                    answers.push((answer.hash(), revision));
+                }
+                answers.windows(2).all(|w| w[0] == w[1]).then_some(answers)
+            }
+        },
+    )
+    .await;
+    assert!(hashes[0].1 > history.last, "{hashes:?}");
     let expected = dump(&mut source, history.compacted, history.last).await;
     for i in 0..3 {
         let mut member = cluster.member_client(i).await;

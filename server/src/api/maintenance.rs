@@ -11,8 +11,8 @@ use crate::member::Member;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
-    StatusRequest, StatusResponse,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::snapshot::stream::Chunk;
 
@@ -59,6 +59,16 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(
             self.member.hash_kv(request.get_ref().revision).await?,
         ))
+    }
+
+    /// etcd's Hash: a CRC-32C of the whole backend (here: of the state machine in etcd's
+    /// format, see `Member::backend_hash`), with the revision it was taken at.
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, revision) = self.member.backend_hash().await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.member.header(revision)),
+            hash,
+        }))
     }
 
     /// etcd's MoveLeader: only the leader moves its leadership, to a voting member.

@@ -64,13 +64,73 @@ impl View<'_> {
     }
 }
 
+/// Where an export goes: etcd's buckets in name order, each bucket's pairs in key order.
+pub trait BackendSink {
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<(), SnapshotError>;
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError>;
+}
+
+impl BackendSink for BoltWriter {
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<(), SnapshotError> {
+        Ok(BoltWriter::begin_bucket(self, name)?)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        Ok(BoltWriter::put(self, key, value)?)
+    }
+}
+
+/// etcd's `Hash` of a backend: CRC-32C over every bucket's name, then its keys and values,
+/// leaving out `meta`'s `consistent_index` (etcd's DefaultIgnores).
+#[derive(Default)]
+pub struct HashSink {
+    crc: u32,
+    in_meta: bool,
+}
+
+impl HashSink {
+    pub fn hash(&self) -> u32 {
+        self.crc
+    }
+}
+
+impl BackendSink for HashSink {
+    fn begin_bucket(&mut self, name: &[u8]) -> Result<(), SnapshotError> {
+        self.crc = crc32c::crc32c_append(self.crc, name);
+        self.in_meta = name == etcd::BUCKET_META;
+        Ok(())
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), SnapshotError> {
+        if !(self.in_meta && key == etcd::META_CONSISTENT_INDEX) {
+            self.crc = crc32c::crc32c_append(self.crc, key);
+            self.crc = crc32c::crc32c_append(self.crc, value);
+        }
+        Ok(())
+    }
+}
+
 /// Writes etcd's backend file for the current state of `storage` to `path` (fsynced).
 pub fn write_backend(storage: &Storage, path: &Path) -> Result<Exported, SnapshotError> {
+    let mut out = BoltWriter::create(path)?;
+    let exported = export(storage, &mut out)?;
+    out.finish()?;
+    Ok(exported)
+}
+
+/// etcd's Hash of what `write_backend` would write, and the revision it is at.
+pub fn backend_hash(storage: &Storage) -> Result<(u32, i64), SnapshotError> {
+    let mut sink = HashSink::default();
+    let exported = export(storage, &mut sink)?;
+    Ok((sink.hash(), exported.revision))
+}
+
+/// Sends the state of `storage`, as one RocksDB snapshot sees it, to `out` as etcd's buckets.
+pub fn export(storage: &Storage, out: &mut dyn BackendSink) -> Result<Exported, SnapshotError> {
     let view = View {
         storage,
         snapshot: storage.db().snapshot(),
     };
-    let mut out = BoltWriter::create(path)?;
     for bucket in [
         etcd::BUCKET_ALARM,
         etcd::BUCKET_AUTH,
@@ -86,9 +146,9 @@ pub fn write_backend(storage: &Storage, path: &Path) -> Result<Exported, Snapsho
     out.begin_bucket(etcd::BUCKET_CLUSTER)?;
     out.put(etcd::CLUSTER_VERSION_KEY, etcd::CLUSTER_VERSION)?;
     out.begin_bucket(etcd::BUCKET_KEY)?;
-    let changes = write_changes(&view, &mut out)?;
+    let changes = write_changes(&view, out)?;
     out.begin_bucket(etcd::BUCKET_LEASE)?;
-    let leases = write_leases(&view, &mut out)?;
+    let leases = write_leases(&view, out)?;
     // Membership is not carried: a restore (etcd's or keelson's) gives the cluster a new one.
     out.begin_bucket(etcd::BUCKET_MEMBERS)?;
     out.begin_bucket(etcd::BUCKET_MEMBERS_REMOVED)?;
@@ -109,7 +169,6 @@ pub fn write_backend(storage: &Storage, path: &Path) -> Result<Exported, Snapsho
             &etcd::compact_value(scheduled),
         )?;
     }
-    out.finish()?;
     Ok(Exported {
         revision: view.meta_i64(META_CURRENT_REVISION)?.unwrap_or(1),
         changes,
@@ -118,7 +177,7 @@ pub fn write_backend(storage: &Storage, path: &Path) -> Result<Exported, Snapsho
 }
 
 /// The `key` bucket: every retained change, in revision order.
-fn write_changes(view: &View<'_>, out: &mut BoltWriter) -> Result<u64, SnapshotError> {
+fn write_changes(view: &View<'_>, out: &mut dyn BackendSink) -> Result<u64, SnapshotError> {
     let db = view.storage.db();
     let kv_cf = view.storage.cf(CF_KV);
     let mut iter = db.raw_iterator_cf_opt(view.storage.cf(CF_REV), view.options());
@@ -160,7 +219,7 @@ fn write_changes(view: &View<'_>, out: &mut BoltWriter) -> Result<u64, SnapshotE
 }
 
 /// The `lease` bucket: every lease with its TTL and checkpointed remaining TTL.
-fn write_leases(view: &View<'_>, out: &mut BoltWriter) -> Result<u64, SnapshotError> {
+fn write_leases(view: &View<'_>, out: &mut dyn BackendSink) -> Result<u64, SnapshotError> {
     let db = view.storage.db();
     let mut iter = db.raw_iterator_cf_opt(view.storage.cf(CF_LEASE), view.options());
     iter.seek_to_first();

@@ -271,6 +271,9 @@ pub struct BucketIter<'a> {
     reader: &'a BoltReader,
     /// The nodes from the root to the current leaf, each with the next element to visit.
     stack: Vec<(Node, usize)>,
+    /// Pages read so far: a tree visits each page once, so more reads than the file has pages
+    /// means pages shared between branches (a damaged file), not a longer walk.
+    reads: u64,
     failed: bool,
 }
 
@@ -283,6 +286,7 @@ impl<'a> BucketIter<'a> {
         Self {
             reader,
             stack: vec![(node, 0)],
+            reads: 0,
             failed: false,
         }
     }
@@ -305,6 +309,12 @@ impl<'a> BucketIter<'a> {
             if self.stack.len() >= MAX_DEPTH {
                 return Err(BoltError::Corrupt(
                     "pages refer to each other in a cycle".into(),
+                ));
+            }
+            self.reads += 1;
+            if self.reads > self.reader.meta.high_water {
+                return Err(BoltError::Corrupt(
+                    "a page is reached twice in one bucket".into(),
                 ));
             }
             let child = self.reader.read_node(child)?;

@@ -132,3 +132,37 @@ fn damaged_files_are_errors() {
         assert!(check(&bad).is_err(), "page {page} damaged");
     }
 }
+
+#[test]
+fn branches_sharing_a_page_are_an_error_not_an_endless_walk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    write(&path, &[("key", pairs(5000, 30))]);
+    let mut bytes = std::fs::read(&path).expect("read");
+    let r = BoltReader::open(&path).expect("open");
+    let root = {
+        let entry = r
+            .root()
+            .expect("root")
+            .next()
+            .expect("one bucket")
+            .expect("entry");
+        le_u64(&entry.value, 0)
+    };
+    // Point every child of the root branch at the root itself.
+    let at = root as usize * DEFAULT_PAGE_SIZE;
+    assert_eq!(
+        le_u16(&bytes, at + 8),
+        FLAG_BRANCH,
+        "5000 pairs need a branch root"
+    );
+    let count = usize::from(le_u16(&bytes, at + 10));
+    for i in 0..count {
+        let child = at + PAGE_HEADER + i * ELEMENT + 8;
+        bytes[child..child + 8].copy_from_slice(&root.to_le_bytes());
+    }
+    std::fs::write(&path, &bytes).expect("write");
+    let r = BoltReader::open(&path).expect("open");
+    let result: Result<Vec<_>, _> = r.bucket(b"key").expect("bucket").expect("exists").collect();
+    assert!(matches!(result, Err(BoltError::Corrupt(_))));
+}
