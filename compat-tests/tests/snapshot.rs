@@ -283,3 +283,67 @@ async fn bad_snapshot_files_are_refused_and_leave_no_data_dir() {
     );
     assert!(!data_dir.exists());
 }
+
+/// A member serves reads and writes while a snapshot stream is open, and the stream is the
+/// revision it started at: writes made meanwhile are not in it.
+#[tokio::test]
+async fn the_member_serves_while_a_snapshot_streams() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(ServerOptions::new(ServerKind::Keelson)).await;
+    let mut client = server.client().await;
+    // Enough data for several 32 KiB messages.
+    for i in 0..200 {
+        client
+            .put(format!("/big/{i:04}"), vec![b'v'; 1024], None)
+            .await
+            .expect("put");
+    }
+    let before = compat_tests::kv::current_revision(&mut client).await;
+    let mut stream = client.snapshot().await.expect("open the snapshot stream");
+    let timeout = Duration::from_secs(30);
+    let first = tokio::time::timeout(timeout, stream.message())
+        .await
+        .expect("the first snapshot message within 30 s")
+        .expect("snapshot stream")
+        .expect("a first message");
+    assert!(first.remaining_bytes() > 0, "more than one message");
+    let mut bytes = first.blob().to_vec();
+    // The stream is open and unread: the member still answers.
+    let mut other = server.client().await;
+    let put = other
+        .put("/during", "x", None)
+        .await
+        .expect("put during the stream");
+    assert!(put.header().is_some_and(|h| h.revision() == before + 1));
+    assert_eq!(
+        other.get("/big/0001", None).await.expect("get").kvs().len(),
+        1
+    );
+    while let Some(message) = tokio::time::timeout(timeout, stream.message())
+        .await
+        .expect("the next snapshot message within 30 s")
+        .expect("snapshot stream")
+    {
+        bytes.extend_from_slice(message.blob());
+    }
+    let file = dir.path().join("during.db");
+    std::fs::write(&file, &bytes).expect("write the snapshot");
+    let args: Vec<String> = vec![
+        "snapshot".into(),
+        "status".into(),
+        file.display().to_string(),
+        "-w".into(),
+        "json".into(),
+    ];
+    let status: serde_json::Value = serde_json::from_str(&assert_success(
+        &etcdctl_offline(&args),
+        "etcdctl snapshot status",
+    ))
+    .expect("status JSON");
+    assert_eq!(status["revision"], serde_json::json!(before), "{status}");
+    let export_dir = server.data_dir().join("member").join("snap-export");
+    let left: Vec<_> = std::fs::read_dir(&export_dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
