@@ -144,7 +144,10 @@ fn restore_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
             .collect(),
         skip_hash_check: skip,
     };
-    let done = restore::run(&opts)?;
+    let done = restore::run(&opts).map_err(|e| match e {
+        usage @ SnapshotError::Usage(_) => usage,
+        other => in_file(&opts.file, other),
+    })?;
     Ok(format!(
         "restored snapshot {} into {}: revision {}, compacted revision {}, {} changes, \
          {} live keys, {} leases; member {:x} of cluster {:x}\n",
@@ -164,6 +167,15 @@ fn status_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
     let file = file_of(&parsed, "status")?;
     let format = Format::parse(&take(&mut parsed, "write-out", "simple"))?;
     no_more_flags(&parsed)?;
-    let status = status::read(&file)?;
+    let status = status::read(&file).map_err(|e| in_file(&file, e))?;
     Ok(status::render(&status, format))
+}
+
+/// Names the file in an error that does not already (an io error says only what failed).
+fn in_file(file: &std::path::Path, e: SnapshotError) -> SnapshotError {
+    let shown = file.display().to_string();
+    match e {
+        SnapshotError::File(message) if message.contains(&shown) => SnapshotError::File(message),
+        other => SnapshotError::File(format!("{shown}: {other}")),
+    }
 }
