@@ -29,6 +29,7 @@ pub const CLUSTER_VERSION_KEY: &[u8] = b"clusterVersion";
 /// The cluster version a keelson snapshot declares (keelson speaks etcd 3.4's API).
 pub const CLUSTER_VERSION: &[u8] = b"3.4.0";
 pub const AUTH_REVISION_KEY: &[u8] = b"authRevision";
+pub const AUTH_ENABLED_KEY: &[u8] = b"authEnabled";
 
 const REVISION_KEY_LEN: usize = 17;
 const TOMBSTONE_MARK: u8 = b't';

@@ -53,6 +53,8 @@ pub struct Restored {
     pub leases: u64,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// etcd had auth enabled: keelson has no auth yet, so its users and roles are not applied.
+    pub auth_was_enabled: bool,
 }
 
 pub fn run(opts: &RestoreOptions) -> Result<Restored, SnapshotError> {
@@ -174,6 +176,7 @@ fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, 
         leases: leases.len() as u64,
         member_id: ident.member_id,
         cluster_id: ident.cluster_id,
+        auth_was_enabled: auth_enabled(reader)?,
     })
 }
 
@@ -257,6 +260,20 @@ fn read_compaction(reader: &BoltReader) -> Result<(i64, i64), SnapshotError> {
         }
     }
     Ok((finished, scheduled))
+}
+
+/// Whether etcd's `auth` bucket says auth is enabled (`authEnabled` = 1).
+fn auth_enabled(reader: &BoltReader) -> Result<bool, SnapshotError> {
+    let Some(bucket) = reader.bucket(etcd::BUCKET_AUTH)? else {
+        return Ok(false);
+    };
+    for entry in bucket {
+        let entry = entry?;
+        if entry.key == etcd::AUTH_ENABLED_KEY {
+            return Ok(entry.value == [1]);
+        }
+    }
+    Ok(false)
 }
 
 /// One pass over `kv` in key order: counts the live keys (newest version a put) and attaches
