@@ -815,7 +815,7 @@ fn port_of(listener: &TcpListener) -> u16 {
 /// Names of this process's environment variables that start with `prefix`: variables such as
 /// `ETCD_BIN` or `ETCDCTL_ENDPOINTS` must not reach a child that reads them as its own
 /// configuration.
-pub(crate) fn inherited_env_names(prefix: &str) -> Vec<OsString> {
+pub fn inherited_env_names(prefix: &str) -> Vec<OsString> {
     std::env::vars_os()
         .map(|(name, _)| name)
         .filter(|name| name.to_string_lossy().starts_with(prefix))

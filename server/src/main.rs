@@ -9,6 +9,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("leave") {
         return leave(&args[1..], &env);
     }
+    if args.first().map(String::as_str) == Some("snapshot") {
+        return snapshot(&args[1..]);
+    }
     let config = match config::parse(&args, &env) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Version) => {
@@ -96,4 +99,22 @@ fn leave(args: &[String], env: &[(String, String)]) -> ExitCode {
         Err(e) => tracing::warn!("keelson leave: {e}"),
     }
     ExitCode::SUCCESS
+}
+
+/// `keelson snapshot restore|status ...` (etcdctl's snapshot subcommands).
+fn snapshot(args: &[String]) -> ExitCode {
+    match keelson::snapshot::cli::run(args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(keelson::snapshot::SnapshotError::Usage(message)) => {
+            eprintln!("Error: {message}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

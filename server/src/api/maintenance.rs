@@ -1,15 +1,22 @@
-//! etcdserverpb.Maintenance: Status now; the rest as their issues land.
+//! etcdserverpb.Maintenance.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::member::Member;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest, StatusResponse,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::snapshot::stream::Chunk;
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 pub struct MaintenanceService {
     member: Arc<Member>,
@@ -54,6 +61,16 @@ impl Maintenance for MaintenanceService {
         ))
     }
 
+    /// etcd's Hash: a CRC-32C of the whole backend (here: of the state machine in etcd's
+    /// format, see `Member::backend_hash`), with the revision it was taken at.
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, revision) = self.member.backend_hash().await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.member.header(revision)),
+            hash,
+        }))
+    }
+
     /// etcd's MoveLeader: only the leader moves its leadership, to a voting member.
     async fn move_leader(
         &self,
@@ -66,5 +83,35 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.member.header(self.member.store().current_revision())),
         }))
+    }
+
+    /// etcd's backend file at one revision, in 32 KiB chunks, then its SHA-256.
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let member = self.member.clone();
+        let chunks = ReceiverStream::new(self.member.snapshot()).map(move |chunk| {
+            let header = Some(member.header(member.store().current_revision()));
+            match chunk {
+                Ok(Chunk::Data {
+                    blob, remaining, ..
+                }) => Ok(SnapshotResponse {
+                    header,
+                    // etcd counts the trailer as still to come.
+                    remaining_bytes: remaining + crate::snapshot::TRAILER_LEN,
+                    blob: blob.into(),
+                    version: String::new(),
+                }),
+                Ok(Chunk::Trailer(sum)) => Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: 0,
+                    blob: sum.to_vec().into(),
+                    version: String::new(),
+                }),
+                Err(e) => Err(Status::from(crate::error::EtcdError::from(e))),
+            }
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 }
