@@ -29,6 +29,8 @@
 //! - [`json`]: etcd-client responses as JSON, and [`json::normalize`] for differential
 //!   comparisons;
 //! - [`grpc`]: exact gRPC code and message assertions, and etcd's error messages;
+//! - [`snapshot`]: backup and migration tests' helpers (a history, a dump of every revision,
+//!   `keelson snapshot` and offline `etcdctl snapshot` runs);
 //! - [`ops`]: the operations tests' helpers (a throwaway PKI, HTTP and TLS probes, metrics
 //!   parsing, promtool and jsonnet).
 
@@ -41,6 +43,7 @@ pub mod kv;
 pub mod lease;
 pub mod ops;
 pub mod server;
+pub mod snapshot;
 pub mod watch;
 
 pub use cluster::Cluster;

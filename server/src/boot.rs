@@ -62,13 +62,17 @@ pub enum BootError {
 
 /// Who this member is; fixed when its data dir is created.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Identity {
-    member_id: u64,
-    cluster_id: u64,
+pub(crate) struct Identity {
+    pub(crate) member_id: u64,
+    pub(crate) cluster_id: u64,
     /// Joined a running cluster (--initial-cluster-state existing): raft is never initialised
     /// from the flags, the leader replicates the cluster to it.
     #[serde(default)]
-    joined: bool,
+    pub(crate) joined: bool,
+    /// The membership a data dir made by `keelson snapshot restore` bootstraps with (from the
+    /// restore's flags, as etcdctl's restore fixes it); `None`: from --initial-cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) initial_members: Option<BTreeMap<u64, MemberNode>>,
 }
 
 const KEY_IDENTITY: &[u8] = b"identity";
@@ -89,7 +93,7 @@ fn stored_identity(storage: &Storage) -> Result<Option<Identity>, BootError> {
         .transpose()
 }
 
-fn save_identity(storage: &Storage, ident: &Identity) -> Result<(), BootError> {
+pub(crate) fn save_identity(storage: &Storage, ident: &Identity) -> Result<(), BootError> {
     let mut batch = rocksdb::WriteBatch::default();
     let encoded = serde_json::to_vec(ident).map_err(|e| BootError::Store(e.to_string()))?;
     batch.put_cf(storage.cf(CF_RAFT), KEY_IDENTITY, encoded);
@@ -154,6 +158,7 @@ async fn new_cluster_identity(
         member_id,
         cluster_id: identity::cluster_id(&member_ids),
         joined: false,
+        initial_members: None,
     })
 }
 
@@ -230,6 +235,7 @@ async fn join_cluster_identity(
         member_id: me.id,
         cluster_id: existing.cluster_id,
         joined: true,
+        initial_members: None,
     })
 }
 
@@ -252,6 +258,7 @@ async fn create_identity(
                 member_id,
                 cluster_id,
                 joined: true,
+                initial_members: None,
             }),
         };
     }
@@ -422,10 +429,10 @@ pub async fn run(config: Config) -> Result<(), BootError> {
             peer_urls: config.initial_advertise_peer_urls.clone(),
             client_urls: config.advertise_client_urls.clone(),
         },
-        initial_members: if ident.joined {
-            BTreeMap::new()
-        } else {
-            initial_members(&config)
+        initial_members: match (&ident.initial_members, ident.joined) {
+            (_, true) => BTreeMap::new(),
+            (Some(restored), false) => restored.clone(),
+            (None, false) => initial_members(&config),
         },
         heartbeat_interval: config.heartbeat_interval,
         election_timeout: config.election_timeout,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mvcc;
 pub mod proto;
 pub mod raft;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 pub mod version;

@@ -1,11 +1,14 @@
-//! etcdserverpb.Maintenance: Status now; the rest as their issues land.
+//! etcdserverpb.Maintenance.
 //!
 //! With auth enabled, Defragment, Hash, HashKV and Snapshot are for the root role only, and
 //! etcd 3.4 answers a refusal there with its auth package's own text and code Unknown
 //! (`auth: permission denied`), not with its gRPC errors.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::caller;
@@ -16,9 +19,9 @@ use crate::proto::etcdserverpb::{
     HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
     SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::snapshot::stream::Chunk;
 
-type SnapshotStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 pub struct MaintenanceService {
     member: Arc<Member>,
@@ -77,19 +80,15 @@ impl Maintenance for MaintenanceService {
         ))
     }
 
-    /// Not served yet; only the root role learns that.
+    /// etcd's Hash: a CRC-32C of the whole backend (here: of the state machine in etcd's
+    /// format, see `Member::backend_hash`), with the revision it was taken at. Root only.
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.check_admin(&request).await?;
-        Err(Status::unimplemented("Not yet implemented"))
-    }
-
-    /// Not served yet; only the root role learns that.
-    async fn snapshot(
-        &self,
-        request: Request<SnapshotRequest>,
-    ) -> Result<Response<SnapshotStream>, Status> {
-        self.check_admin(&request).await?;
-        Err(Status::unimplemented("Not yet implemented"))
+        let (hash, revision) = self.member.backend_hash().await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.member.header(revision)),
+            hash,
+        }))
     }
 
     /// etcd's MoveLeader: only the leader moves its leadership, to a voting member.
@@ -104,5 +103,36 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.member.header(self.member.store().current_revision())),
         }))
+    }
+
+    /// etcd's backend file at one revision, in 32 KiB chunks, then its SHA-256. Root only.
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        self.check_admin(&request).await?;
+        let member = self.member.clone();
+        let chunks = ReceiverStream::new(self.member.snapshot()).map(move |chunk| {
+            let header = Some(member.header(member.store().current_revision()));
+            match chunk {
+                Ok(Chunk::Data {
+                    blob, remaining, ..
+                }) => Ok(SnapshotResponse {
+                    header,
+                    // etcd counts the trailer as still to come.
+                    remaining_bytes: remaining + crate::snapshot::TRAILER_LEN,
+                    blob: blob.into(),
+                    version: String::new(),
+                }),
+                Ok(Chunk::Trailer(sum)) => Ok(SnapshotResponse {
+                    header,
+                    remaining_bytes: 0,
+                    blob: sum.to_vec().into(),
+                    version: String::new(),
+                }),
+                Err(e) => Err(Status::from(crate::error::EtcdError::from(e))),
+            }
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 }

@@ -3,7 +3,7 @@
 mod file;
 pub mod flags;
 mod go_duration;
-mod urls;
+pub mod urls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -603,7 +603,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// The usage text `--help` prints.
 pub fn usage() -> String {
     let mut out = String::from(
-        "Usage:\n\n  keelson [flags]\n    Start a keelson member (an etcd v3 server).\n\n  keelson leave [--if-scaled-down=statefulset/NAME] [--kube-service-account-dir=DIR] [--timeout=30s] [flags]\n    Remove this member (named by the same flags) from its cluster; with --if-scaled-down only\n    when the StatefulSet no longer counts its pod (a preStop hook).\n\n  keelson --version\n    Show the version.\n\n  keelson -h | --help\n    Show this help.\n\nEvery flag can also be set as ETCD_<FLAG> (upper case, dashes as underscores).\n\nFlags:\n",
+        "Usage:\n\n  keelson [flags]\n    Start a keelson member (an etcd v3 server).\n\n  keelson leave [--if-scaled-down=statefulset/NAME] [--kube-service-account-dir=DIR] [--timeout=30s] [flags]\n    Remove this member (named by the same flags) from its cluster; with --if-scaled-down only\n    when the StatefulSet no longer counts its pod (a preStop hook).\n\n  keelson snapshot restore FILE --data-dir DIR [--name ...] [--initial-cluster ...] [--initial-cluster-token ...] [--initial-advertise-peer-urls ...] [--skip-hash-check]\n    Build a data dir from an etcd snapshot (etcdctl snapshot save, from etcd or keelson).\n\n  keelson snapshot status FILE [-w simple|table|json]\n    Print what etcdctl snapshot status prints.\n\n  keelson --version\n    Show the version.\n\n  keelson -h | --help\n    Show this help.\n\nEvery flag can also be set as ETCD_<FLAG> (upper case, dashes as underscores).\n\nFlags:\n",
     );
     for spec in FLAGS {
         let note = match spec.support {

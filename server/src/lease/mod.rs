@@ -94,6 +94,21 @@ fn decode_lease(bytes: &[u8]) -> Option<Lease> {
     })
 }
 
+/// A stored lease's granted TTL and checkpointed remaining TTL (0: none), for snapshots.
+pub fn stored_ttls(bytes: &[u8]) -> Option<(i64, i64)> {
+    decode_lease(bytes).map(|lease| (lease.ttl, lease.checkpoint))
+}
+
+/// The stored form of a lease brought in from a snapshot.
+pub fn stored_lease(ttl: i64, checkpoint: i64) -> [u8; 24] {
+    encode_lease(&Lease {
+        ttl,
+        checkpoint,
+        generation: 0,
+        expiry: None,
+    })
+}
+
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,

@@ -117,6 +117,29 @@ impl Member {
     }
 
     /// The header every response carries; `revision` is the store revision it reports.
+    /// etcd's Hash (of the whole backend) over the state machine as etcd's buckets: the
+    /// CRC-32C `keelson snapshot status` and `etcdctl snapshot status` compute on the file a
+    /// snapshot would send, without `meta`'s consistent index. Equal on members at the same
+    /// applied state; not comparable with etcd's (its file holds member and alarm data).
+    pub async fn backend_hash(&self) -> EtcdResult<(u32, i64)> {
+        let storage = self.store().storage().clone();
+        tokio::task::spawn_blocking(move || crate::snapshot::export::backend_hash(&storage))
+            .await
+            .map_err(|e| EtcdError::Internal(format!("hash task failed: {e}")))?
+            .map_err(EtcdError::from)
+    }
+
+    /// Starts streaming a snapshot of the state machine in etcd's format.
+    pub fn snapshot(
+        &self,
+    ) -> tokio::sync::mpsc::Receiver<
+        Result<crate::snapshot::stream::Chunk, crate::snapshot::SnapshotError>,
+    > {
+        let storage = self.store().storage().clone();
+        let dir = crate::snapshot::export_dir(storage.dir());
+        crate::snapshot::stream::start(storage, dir)
+    }
+
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,

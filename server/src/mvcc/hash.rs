@@ -5,8 +5,14 @@
 //! etcd walks its key bucket in revision order up to the asked revision: keys are the
 //! revision's 17 bytes (main, `_`, sub; a trailing `t` marks a tombstone), values are the
 //! `mvccpb.KeyValue` (a tombstone's holds only the key). At or below the compacted revision it
-//! counts only what compaction keeps, the newest live version of each key, so that a member
-//! whose physical compaction is still running hashes the same as one where it finished.
+//! counts only what etcd 3.4's index `Keep` set holds, so that a member whose physical
+//! compaction is still running hashes the same as one where it finished. etcd 3.4.23 builds
+//! that set at the asked revision, not at the compacted one: a version at or below the
+//! compacted revision counts only if it is still the newest live version of its key at the
+//! asked revision. When no key is live there the set is empty and etcd skips nothing, which
+//! means every version its compaction kept (the newest live one of each key at the compacted
+//! revision). keelson follows both rules, so that a store restored from etcd's snapshot
+//! hashes as etcd does (docs/migration.md checks a migration with `endpoint hashkv`).
 
 use prost::Message;
 use rocksdb::ReadOptions;
@@ -33,8 +39,10 @@ fn etcd_revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
     out
 }
 
-/// The hash of every version at or below `at`, given the compacted revision.
-pub fn hash_kv(storage: &Storage, at: i64, compacted: i64) -> EtcdResult<u32> {
+/// The hash of every version at or below `at`, given the compacted revision; `keep_at` is the
+/// revision at which versions at or below the compacted one must still be the newest to count
+/// (`at` when a key is live at `at`, else `compacted`: see the module's comment).
+pub fn hash_kv(storage: &Storage, at: i64, compacted: i64, keep_at: i64) -> EtcdResult<u32> {
     let snapshot = storage.db().snapshot();
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&snapshot);
@@ -61,7 +69,7 @@ pub fn hash_kv(storage: &Storage, at: i64, compacted: i64) -> EtcdResult<u32> {
         let tombstone = matches!(record, Record::Tombstone);
         if rev.main <= compacted {
             let kept = !tombstone
-                && visible_revision(storage, user_key, compacted)?.is_some_and(|v| v == rev);
+                && visible_revision(storage, user_key, keep_at)?.is_some_and(|v| v == rev);
             if !kept {
                 changes.next();
                 continue;

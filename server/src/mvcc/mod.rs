@@ -31,11 +31,11 @@ use read::{execute_range, kv_iterator, scan_visible, KeyRange, KvSource, Visible
 pub use compact::Compactor;
 pub use keys::Revision;
 
-const META_CURRENT_REVISION: &[u8] = b"mvcc/current_revision";
-const META_COMPACT_SCHEDULED: &[u8] = b"mvcc/compact_scheduled";
-const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
+pub(crate) const META_CURRENT_REVISION: &[u8] = b"mvcc/current_revision";
+pub(crate) const META_COMPACT_SCHEDULED: &[u8] = b"mvcc/compact_scheduled";
+pub(crate) const META_COMPACT_FINISHED: &[u8] = b"mvcc/compact_finished";
 /// The number of live keys, kept with every applied batch (etcd's `keys_total` gauge).
-const META_KEYS_TOTAL: &[u8] = b"mvcc/keys_total";
+pub(crate) const META_KEYS_TOTAL: &[u8] = b"mvcc/keys_total";
 
 /// A fresh store is at revision 1, as etcd's is.
 const INITIAL_REVISION: i64 = 1;
@@ -162,7 +162,20 @@ impl MvccStore {
         if at <= compacted {
             return Err(EtcdError::Compacted);
         }
-        let hash = hash::hash_kv(&self.storage, at, compacted)?;
+        let any_live = RangeRequest {
+            key: Bytes::from_static(&[0]),
+            range_end: Bytes::from_static(&[0]),
+            revision: at,
+            limit: 1,
+            keys_only: true,
+            ..Default::default()
+        };
+        let keep_at = if self.range(&any_live)?.kvs.is_empty() {
+            compacted
+        } else {
+            at
+        };
+        let hash = hash::hash_kv(&self.storage, at, compacted, keep_at)?;
         Ok((hash, compacted, at))
     }
 

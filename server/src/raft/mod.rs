@@ -14,6 +14,8 @@ mod snapshot;
 mod state_machine;
 mod types;
 
+pub(crate) use state_machine::{applied_index, META_APPLIED};
+
 #[cfg(test)]
 mod storage_suite;
 

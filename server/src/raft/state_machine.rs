@@ -16,7 +16,7 @@ use super::types::{Applied, Entry, LogId, SnapshotMeta, StoredMembership, TypeCo
 use super::{RaftSnapshot, StateMachineApplier, REMOVED_STOP_DELAY};
 use crate::storage::{Storage, StorageError, CF_META, CF_RAFT};
 
-const META_APPLIED: &[u8] = b"raft/applied";
+pub(crate) const META_APPLIED: &[u8] = b"raft/applied";
 const META_MEMBERSHIP: &[u8] = b"raft/membership";
 /// IDs of members removed from the cluster (JSON list); they are never reused.
 const META_REMOVED: &[u8] = b"raft/removed_members";
@@ -170,6 +170,14 @@ impl StateMachine {
         all.extend(gone);
         Some((all, removes_me))
     }
+}
+
+/// The log index in a stored `raft/applied` value (etcd calls it the consistent index).
+pub(crate) fn applied_index(raw: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Option<LogId>>(raw)
+        .ok()
+        .flatten()
+        .map(|log_id| log_id.index)
 }
 
 fn read_removed(storage: &Storage) -> io::Result<BTreeSet<u64>> {

@@ -38,11 +38,13 @@ const DB: &str = "db";
 const SNAP: &str = "snap";
 /// Snapshots being received from a leader (cleared at every start).
 const SNAP_INCOMING: &str = "snap-incoming";
+/// Temporary files of `Maintenance.Snapshot` (snapshot/stream.rs).
+pub const SNAP_EXPORT: &str = "snap-export";
 
-const WHAT_TO_DO: &str = "keelson cannot read etcd's files yet, and refuses to start beside \
-them rather than serve an empty store. Take a snapshot from the running etcd \
-(`etcdctl snapshot save`) and restore it into keelson once keelson supports \
-`etcdctl snapshot restore`, or start keelson with a --data-dir (and --wal-dir) of its own";
+const WHAT_TO_DO: &str = "keelson does not take over etcd's data dir in place, and refuses to \
+start beside etcd's files rather than serve an empty store. Take a snapshot from the running \
+etcd (`etcdctl snapshot save FILE`), restore it with `keelson snapshot restore FILE --data-dir \
+NEW_DIR ...` (etcdctl's flags; see docs/migration.md) and start keelson on NEW_DIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnershipError {
@@ -268,7 +270,7 @@ fn inspect_member(member: &Path, wal_dir: Option<&Path>, findings: &mut Findings
             (DB, true) => inspect_store(&path, &shown, findings)?,
             // etcd's bbolt database is the file member/snap/db.
             (SNAP, true) => inspect_snap(&path, &shown, findings)?,
-            (SNAP_INCOMING, true) => {}
+            (SNAP_INCOMING, true) | (SNAP_EXPORT, true) => {}
             ("wal", true) => {
                 let wal_files: Vec<String> = entries(&path)?
                     .unwrap_or_default()
