@@ -44,6 +44,13 @@ pub struct LoadOpts {
     /// Deadline of each request.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// Log in as this user (servers with auth enabled): every connection authenticates once
+    /// and sends its token with each request.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The password of `--user`.
+    #[arg(long, default_value = "")]
+    pub password: String,
 }
 
 #[derive(Parser)]

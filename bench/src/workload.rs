@@ -93,9 +93,13 @@ impl KeyPicker {
 }
 
 pub fn connect_options(opts: &LoadOpts) -> ConnectOptions {
-    ConnectOptions::new()
+    let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(opts.request_timeout)
+        .with_timeout(opts.request_timeout);
+    match &opts.user {
+        Some(user) => options.with_user(user.clone(), opts.password.clone()),
+        None => options,
+    }
 }
 
 /// Opens `--conns` connections and checks that the first answers a Range.

@@ -34,6 +34,7 @@
 //! - [`ops`]: the operations tests' helpers (a throwaway PKI, HTTP and TLS probes, metrics
 //!   parsing, promtool and jsonnet).
 
+pub mod auth;
 pub mod cluster;
 pub mod etcdctl;
 pub mod grpc;

@@ -55,6 +55,10 @@ pub struct Pki {
     pub revoked_client: CertFiles,
     pub other_ca: PathBuf,
     pub stranger_client: CertFiles,
+    /// Client certificates signed by `ca` whose common names are user names of the auth tests
+    /// (`root`, `example.com`).
+    pub root_client: CertFiles,
+    pub example_client: CertFiles,
     /// A CRL signed by `ca` that revokes `revoked_client` (PEM).
     pub crl: PathBuf,
 }
@@ -141,6 +145,16 @@ impl Pki {
             "server",
         );
         let client = issue(&ca, leaf_params("client", &[], 3, &[ClientAuth]), "client");
+        let root_client = issue(
+            &ca,
+            leaf_params("root", &[], 4, &[ClientAuth]),
+            "root-client",
+        );
+        let example_client = issue(
+            &ca,
+            leaf_params("example.com", &[], 5, &[ClientAuth]),
+            "example-client",
+        );
         let revoked_client = issue(
             &ca,
             leaf_params("revoked-client", &[], REVOKED_SERIAL, &[ClientAuth]),
@@ -183,6 +197,8 @@ impl Pki {
             revoked_client,
             other_ca,
             stranger_client,
+            root_client,
+            example_client,
             crl,
         }
     }

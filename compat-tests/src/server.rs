@@ -737,7 +737,18 @@ impl Server {
                 )
                 .await
         };
-        matches!(tokio::time::timeout(PROBE_TIMEOUT, probe).await, Ok(Ok(_)))
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(_)) => true,
+            // With auth enabled an anonymous read is refused, which proves the member serves.
+            Ok(Err(error)) => crate::grpc::grpc_status(&error).is_some_and(|status| {
+                [
+                    "etcdserver: user name is empty",
+                    "etcdserver: permission denied",
+                ]
+                .contains(&status.message())
+            }),
+            Err(_) => false,
+        }
     }
 
     /// The readiness probe of an unverified https client URL: `GET /health` answers 200.

@@ -172,9 +172,10 @@ class PodIdentity:
     node: str = "node-a"
 
 
-def resolve_env(container: dict, pod: PodIdentity) -> dict[str, str]:
+def resolve_env(container: dict, pod: PodIdentity, secret_dirs: dict[str, Path] | None = None) -> dict[str, str]:
     """The container's environment as the kubelet builds it (env in order; envFrom unsupported
-    here: the tests render none)."""
+    here: the tests render none). A secretKeyRef reads the key's file in the Secret's local
+    directory."""
     assert not container.get("envFrom"), "envFrom is not emulated by the loopback harness"
     env: dict[str, str] = {}
     for var in container.get("env", []):
@@ -182,6 +183,11 @@ def resolve_env(container: dict, pod: PodIdentity) -> dict[str, str]:
             env[var["name"]] = expand(str(var["value"]), env)
             continue
         source = var.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            assert secret_dirs and ref["name"] in secret_dirs, f"secret {ref['name']} has no local directory"
+            env[var["name"]] = (secret_dirs[ref["name"]] / ref["key"]).read_text()
+            continue
         field_ref = source.get("fieldRef", {}).get("fieldPath")
         value = {
             "metadata.name": pod.name,
@@ -390,23 +396,37 @@ class LoopbackCluster:
         return [self.binaries[name], *argv[1:]], env
 
     def resolved_pod(self, pod: dict) -> tuple[list[str], dict[str, str]]:
-        """The command line and environment of another rendered pod (e.g. the helm test pod)
-        whose URLs name the members or the client Service, mapped to loopback."""
-        container = pod["spec"]["containers"][0]
+        """The command line and environment of another rendered pod (e.g. the helm test pod, or
+        a Job's pod) whose URLs name the members or the client Service, mapped to loopback."""
+        spec = pod["spec"]["template"]["spec"] if pod["kind"] == "Job" else pod["spec"]
+        container = spec["containers"][0]
         identity = PodIdentity(pod["metadata"]["name"], self.namespace, f"127.{self.subnet}.2.1")
-        env = resolve_env(container, identity)
-        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        env = resolve_env(container, identity, self.secret_dirs)
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
         mounts = {}
         for mount in container.get("volumeMounts", []):
-            secret = volumes[mount["name"]]["secret"]["secretName"]
-            assert secret in self.secret_dirs, f"secret {secret} has no local directory"
-            mounts[mount["mountPath"].rstrip("/")] = self.secret_dirs[secret]
+            volume = volumes[mount["name"]]
+            local = self.workdir / "pods" / pod["metadata"]["name"] / mount["name"]
+            if "secret" in volume:
+                secret = volume["secret"]["secretName"]
+                assert secret in self.secret_dirs, f"secret {secret} has no local directory"
+                if "items" in volume["secret"]:  # only the listed keys, under their paths
+                    local.mkdir(parents=True, exist_ok=True)
+                    for item in volume["secret"]["items"]:
+                        shutil.copyfile(self.secret_dirs[secret] / item["key"], local / item["path"])
+                else:
+                    local = self.secret_dirs[secret]
+            else:  # emptyDir
+                local.mkdir(parents=True, exist_ok=True)
+            mounts[mount["mountPath"].rstrip("/")] = local
 
         def rewrite(text: str) -> str:
             text = _URL.sub(lambda m: self.rewrite_url(m, -1), text)
-            for path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
-                text = re.sub(rf"(?<![\w/]){re.escape(path)}(?=/|$)", str(local), text)
-            return text
+            if not mounts:
+                return text
+            # Longest first, in one pass, so that a replacement is never rewritten again.
+            pattern = "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True))
+            return re.sub(rf"(?<![\w/])({pattern})(?=/|$)", lambda m: str(mounts[m.group(1)]), text)
 
         argv = [rewrite(a) for a in command_line(container, env)]
         env = {k: rewrite(v) for k, v in env.items()}

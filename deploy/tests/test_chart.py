@@ -63,6 +63,14 @@ SCENARIOS: dict[str, dict] = {
         "image": {"repository": "registry.example.internal/keelson", "digest": "sha256:" + "a" * 64},
     },
     "no-persistence": {"persistence": {"enabled": False}, "replicaCount": 1, "podManagementPolicy": "OrderedReady"},
+    "auth-simple": {"auth": {"rbac": {"create": True, "existingSecret": "etcd-root"}}},
+    "auth-jwt-tls": {
+        "auth": {"rbac": {"create": True, "rootPassword": "s3cret"}, "bcryptCost": 12,
+                 "token": {"type": "jwt", "signMethod": "ES256", "ttl": "5m",
+                           "privateKey": {"existingSecret": "etcd-jwt", "filename": "key.pem", "publicKeyFilename": "key.pub"}}},
+        "tls": {"client": {"enabled": True, "source": "certManager"},
+                "certManager": {"issuerRef": {"name": "etcd-ca", "kind": "ClusterIssuer"}}},
+    },
 }
 
 TLS_FLAGS = {"--cert-file", "--key-file", "--trusted-ca-file", "--client-cert-auth", "--auto-tls",
@@ -376,6 +384,63 @@ def test_notes_show_the_etcdctl_command():
     assert f"get secret {FULL}-client-tls" in notes
 
 
+# ------------------------------------------------------------------------------------- auth
+
+def auth_job(objs: list[dict]) -> dict:
+    return next(o for o in objs if o["kind"] == "Job" and o["metadata"]["name"] == f"{FULL}-auth-bootstrap")
+
+
+def test_auth_is_off_by_default_with_etcds_token_defaults():
+    objs = rendered("default")
+    assert not by_kind(objs, "Job") and not by_kind(objs, "Secret")
+    f = flags(member_container(objs))
+    assert (f["--auth-token"], f["--auth-token-ttl"], f["--bcrypt-cost"]) == ("simple", "300", "10")
+    env = one(objs, "Pod")["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env] == ["ETCDCTL_API"]
+    assert "--user" not in render({})["keelson/templates/NOTES.txt"]
+
+
+def test_auth_simple_from_an_existing_secret():
+    objs = rendered("auth-simple")
+    assert not by_kind(objs, "Secret"), "an existing Secret is used, none is created"
+    job = auth_job(objs)
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = job["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["command"] == ["/usr/local/bin/keelson", "auth-bootstrap"]
+    assert c["args"][0] == "--endpoints=" + ",".join(f"http://{FULL}-{i}.{DOMAIN}:2379" for i in range(3))
+    assert "--root-password-file=/etc/keelson/auth/root/password" in c["args"]
+    secret = next(v for v in spec["volumes"] if v["name"] == "root-password")["secret"]
+    assert secret == {"secretName": "etcd-root", "items": [{"key": "root-password", "path": "password"}], "defaultMode": 0o440}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in one(objs, "Pod")["spec"]["containers"][0]["env"]}
+    assert env["ETCDCTL_USER"]["value"] == "root"
+    assert env["ETCDCTL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "etcd-root", "key": "root-password"}
+    notes = render(SCENARIOS["auth-simple"])["keelson/templates/NOTES.txt"]
+    assert "get secret etcd-root -o go-template='{{index .data \"root-password\" | base64decode}}'" in notes
+    assert 'endpoint status --cluster -w table' in notes and '--user root:"$ROOT_PASSWORD" endpoint status' in notes
+    assert f"{FULL}-auth-bootstrap" in notes
+
+
+def test_auth_jwt_with_tls_and_a_chart_made_secret():
+    objs = rendered("auth-jwt-tls")
+    secret = one(objs, "Secret")
+    assert secret["metadata"]["name"] == f"{FULL}-auth"
+    assert secret["data"] == {"root-password": "czNjcmV0"}
+    c = member_container(objs)
+    f = flags(c)
+    assert f["--auth-token"] == ("jwt,priv-key=/etc/keelson/auth/jwt/key.pem,pub-key=/etc/keelson/auth/jwt/key.pub,"
+                                 "sign-method=ES256,ttl=5m")
+    assert f["--bcrypt-cost"] == "12"
+    assert {"name": "jwt-key", "mountPath": "/etc/keelson/auth/jwt", "readOnly": True} in c["volumeMounts"]
+    sts = one(objs, "StatefulSet")
+    assert {"name": "jwt-key", "secret": {"secretName": "etcd-jwt", "defaultMode": 0o440}} in sts["spec"]["template"]["spec"]["volumes"]
+    jc = auth_job(objs)["spec"]["template"]["spec"]["containers"][0]
+    assert jc["args"][0].startswith(f"--endpoints=https://{FULL}-0.{DOMAIN}:2379,")
+    assert jc["args"][-3:] == ["--cacert=/etc/keelson/etcdctl/ca.crt", "--cert=/etc/keelson/etcdctl/tls.crt",
+                               "--key=/etc/keelson/etcdctl/tls.key"]
+
+
 # ------------------------------------------------------------------------- extra args and env
 
 @pytest.mark.parametrize("values,message", [
@@ -387,6 +452,10 @@ def test_notes_show_the_etcdctl_command():
     ({"ports": {"metrics": 2379}}, "must differ"),
     ({"tls": {"client": {"enabled": True, "source": "certManager"}}}, "needs tls.certManager.issuerRef.name"),
     ({"tls": {"client": {"enabled": True, "secretName": "s"}}}, "set tls.client.clientSecretName"),
+    ({"auth": {"rbac": {"create": True}}}, "auth.rbac.create needs auth.rbac.existingSecret"),
+    ({"auth": {"rbac": {"create": True, "rootPassword": "x"}, "token": {"type": "jwt"}}},
+     "auth.token.type=jwt needs auth.token.privateKey.existingSecret"),
+    ({"extraArgs": ["--auth-token=jwt"]}, "extraArgs: --auth-token is set by the chart"),
 ])
 def test_render_refuses_conflicting_values(values, message):
     with pytest.raises(Exception) as err:
@@ -412,7 +481,11 @@ BAD_VALUES = [
     ({"tls": {"client": {"source": "vault"}}}, "/tls/client/source"),
     ({"tls": {"client": {"enabled": True, "source": "secret"}}}, "/tls/client"),
     ({"tls": {"peer": {"enabled": True, "source": "auto", "clientCertAuth": True}}}, "/tls/peer"),
-    ({"auth": {"enabled": True}}, "/auth/enabled"),
+    ({"auth": {"enabled": True}}, "/auth"),
+    ({"auth": {"token": {"type": "oauth"}}}, "/auth/token/type"),
+    ({"auth": {"token": {"signMethod": "ES512"}}}, "/auth/token/signMethod"),
+    ({"auth": {"bcryptCost": 3}}, "/auth/bcryptCost"),
+    ({"auth": {"token": {"simpleTtl": 0}}}, "/auth/token/simpleTtl"),
     ({"replicas": 3}, "replicas"),
     ({"config": {"logLevel": "verbose"}}, "/config/logLevel"),
     ({"config": {"autoCompactionRetention": "1 hour"}}, "/config/autoCompactionRetention"),

@@ -331,3 +331,50 @@ def test_scale_3_to_5_and_back_then_replace_a_member(tmp_path, keelson_bin, etcd
         if five is not None:
             five.close()
         api.close()
+
+
+def test_auth_enabled_cluster_as_rendered(tmp_path, keelson_bin, etcdctl_bin):
+    """auth.rbac.create with the root password in an existing Secret: three members as rendered,
+    the bootstrap Job's command (twice: it is a hook of every install and upgrade), then an
+    anonymous put is refused, root writes, and the helm test pod logs in as root. A restarted
+    member keeps auth on."""
+    require_clusters(keelson_bin, tmp_path)
+    secrets = {"etcd-root": tmp_path / "secrets" / "etcd-root"}
+    secrets["etcd-root"].mkdir(parents=True)
+    (secrets["etcd-root"] / "root-password").write_text("s3cret-pw")
+    values = {"replicaCount": 3, "auth": {"rbac": {"create": True, "existingSecret": "etcd-root"}}}
+    cluster, objs = cluster_for(values, tmp_path, keelson_bin, etcdctl_bin, secret_dirs=secrets)
+    job = next(o for o in objs if o["kind"] == "Job")
+    try:
+        start_ready(cluster, range(3))
+        endpoints = cluster.client_endpoints()
+        for run in ("install", "upgrade"):
+            proc = cluster.run_pod(job, timeout=120)
+            assert proc.returncode == 0, f"{run}: {proc.stdout}{proc.stderr}"
+        assert "root logs in" in proc.stdout + proc.stderr, "the second run must only check the password"
+        anonymous = harness.etcdctl(endpoints, "put", "k", "v", check=False)
+        assert anonymous.returncode != 0 and "user name is empty" in anonymous.stderr, anonymous.stderr
+        wrong = harness.etcdctl(endpoints, "put", "k", "v", extra=["--user=root:nope"], check=False)
+        assert wrong.returncode != 0 and "authentication failed, invalid user ID or password" in wrong.stderr
+        for i in range(3):
+            harness.etcdctl(cluster.client_endpoints([i]), "put", f"k{i}", "v", extra=["--user=root:s3cret-pw"])
+        alice = harness.etcdctl(endpoints, "user", "add", "alice:pw", extra=["--user=root:s3cret-pw"])
+        assert "User alice created" in alice.stdout
+        denied = harness.etcdctl(endpoints, "put", "k", "v", extra=["--user=alice:pw"], check=False)
+        assert "etcdserver: permission denied" in denied.stderr, denied.stderr
+        proc = cluster.run_pod(one(objs, "Pod"))
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and out.count("is healthy") == 3, out
+        # A member restarted with its volume: auth still on there, root still logs in.
+        assert cluster.stop(2) == 0
+        start_ready(cluster, [2])
+        m2 = cluster.client_endpoints([2])
+        assert harness.etcdctl(m2, "get", "k0", check=False).returncode != 0
+        got = harness.etcdctl(m2, "get", "k0", "--print-value-only", extra=["--user=root:s3cret-pw"])
+        assert got.stdout.strip() == "v"
+        # A Secret whose password the cluster does not know makes the Job fail, loudly.
+        (secrets["etcd-root"] / "root-password").write_text("other")
+        proc = cluster.run_pod(job, timeout=120)
+        assert proc.returncode != 0 and "root cannot log in" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    finally:
+        cluster.close()

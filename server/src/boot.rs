@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api;
+use crate::auth::tokens::TokenProvider;
+use crate::auth::AuthStore;
 use crate::config::ClusterState;
 use crate::config::{Config, ListenUrl, Scheme};
 use crate::lease::{self, Lessor};
@@ -47,6 +49,9 @@ pub enum BootError {
     Listen { url: String, source: std::io::Error },
     #[error("TLS for {url}: {source}")]
     Tls { url: String, source: tls::TlsError },
+    /// `--auth-token` names keys that cannot be used.
+    #[error("failed to create token provider: {0}")]
+    Auth(#[from] crate::auth::tokens::TokenConfigError),
     /// Joining or bootstrapping a cluster failed; etcd's wording.
     #[error("{0}")]
     Cluster(String),
@@ -406,8 +411,14 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         )
         .map_err(|e| BootError::Store(e.to_string()))?,
     );
+    let tokens = TokenProvider::new(&config.auth_token, config.auth_token_ttl)?;
+    let auth = Arc::new(
+        AuthStore::open(storage.clone(), tokens, config.bcrypt_cost)
+            .map_err(|e| BootError::Store(e.to_string()))?,
+    );
     let applier = Arc::new(
-        Applier::new(store.clone(), lessor.clone()).map_err(|e| BootError::Store(e.to_string()))?,
+        Applier::new(store.clone(), lessor.clone(), auth.clone())
+            .map_err(|e| BootError::Store(e.to_string()))?,
     );
     let alarms = applier.alarms().clone();
     let settings = RaftSettings {
@@ -441,6 +452,7 @@ pub async fn run(config: Config) -> Result<(), BootError> {
         store,
         alarms,
         lessor,
+        auth,
         Limits {
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,

@@ -74,6 +74,45 @@ pub enum EtcdError {
     BadLeaderTransferee,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExists,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExists,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd has no gRPC error for this one: its own text reaches the client as `Unknown`.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// An error etcd returns without turning it into its gRPC form (its Maintenance admin
+    /// checks answer `Unknown` with the auth package's own text, e.g. `auth: permission denied`).
+    #[error("{0}")]
+    Untranslated(String),
     /// A failure inside this member (disk, bug) that etcd would report as a plain error.
     #[error("{0}")]
     Internal(String),
@@ -98,7 +137,7 @@ pub type EtcdResult<T> = Result<T, EtcdError>;
 
 impl EtcdError {
     /// Every error with a fixed message, for turning a message back into its error.
-    const WITH_FIXED_MESSAGE: [EtcdError; 34] = [
+    const WITH_FIXED_MESSAGE: [EtcdError; 51] = [
         EtcdError::Compacted,
         EtcdError::FutureRevision,
         EtcdError::NoLeader,
@@ -133,12 +172,43 @@ impl EtcdError {
         EtcdError::BadMemberUrls,
         EtcdError::BadLeaderTransferee,
         EtcdError::LeaderTransferTimeout,
+        EtcdError::RootUserNotExist,
+        EtcdError::RootRoleNotExist,
+        EtcdError::UserAlreadyExists,
+        EtcdError::UserEmpty,
+        EtcdError::UserNotFound,
+        EtcdError::RoleAlreadyExists,
+        EtcdError::RoleNotFound,
+        EtcdError::RoleEmpty,
+        EtcdError::AuthFailed,
+        EtcdError::PermissionDenied,
+        EtcdError::RoleNotGranted,
+        EtcdError::PermissionNotGranted,
+        EtcdError::AuthNotEnabled,
+        EtcdError::InvalidAuthToken,
+        EtcdError::InvalidAuthMgmt,
+        EtcdError::AuthOldRevision,
+        EtcdError::NoPasswordUser,
     ];
 
     /// The error whose message is `message` (errors travel through the raft log as text).
     pub fn from_message(message: &str) -> Self {
         Self::fixed_message(message)
             .unwrap_or_else(|| EtcdError::InvalidArgument(message.to_string()))
+    }
+
+    /// The text etcd's auth package gives this error where etcd does not translate it into its
+    /// gRPC form (the Maintenance admin checks).
+    pub fn untranslated(self) -> EtcdError {
+        let text = match self {
+            EtcdError::PermissionDenied => "auth: permission denied",
+            EtcdError::UserEmpty => "auth: user name is empty",
+            EtcdError::UserNotFound => "auth: user not found",
+            EtcdError::InvalidAuthToken => "auth: invalid auth token",
+            EtcdError::AuthOldRevision => "auth: revision in header is old",
+            other => return other,
+        };
+        EtcdError::Untranslated(text.to_string())
     }
 
     /// The error with this fixed message, if there is one.

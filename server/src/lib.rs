@@ -1,6 +1,8 @@
 //! keelson: an etcd v3 server on openraft and RocksDB.
 
 pub mod api;
+pub mod auth;
+pub mod auth_bootstrap;
 pub mod boot;
 pub mod config;
 pub mod error;

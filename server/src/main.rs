@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("snapshot") {
         return snapshot(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("auth-bootstrap") {
+        return auth_bootstrap(&args[1..]);
+    }
     let config = match config::parse(&args, &env) {
         Ok(Parsed::Run(config)) => config,
         Ok(Parsed::Version) => {
@@ -114,6 +117,40 @@ fn snapshot(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `keelson auth-bootstrap --endpoints=... --root-password-file=...`: adds root and enables auth
+/// unless auth is on already (the chart's Job; docs/deploy.md).
+fn auth_bootstrap(args: &[String]) -> ExitCode {
+    let options = match keelson::auth_bootstrap::parse_options(args) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("keelson auth-bootstrap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    keelson::logging::init("zap", "info");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keelson auth-bootstrap: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(keelson::auth_bootstrap::run(&options)) {
+        Ok(what) => {
+            tracing::info!("keelson auth-bootstrap: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("keelson auth-bootstrap: {e}");
+            eprintln!("keelson auth-bootstrap: {e}");
             ExitCode::FAILURE
         }
     }

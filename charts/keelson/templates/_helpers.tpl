@@ -218,7 +218,41 @@ an ETCD_* variable in extraEnv: keelson, as etcd, refuses a variable that repeat
 {{- if include "keelson.joinSupported" . -}}
 {{- $args = append $args (printf "--join-seeds=%s" (include "keelson.seedPeerURLs" .)) -}}
 {{- end -}}
+{{- $args = concat $args (list (printf "--auth-token=%s" (include "keelson.authToken" .)) (printf "--auth-token-ttl=%d" (int64 .Values.auth.token.simpleTtl)) (printf "--bcrypt-cost=%d" (int64 .Values.auth.bcryptCost))) -}}
 {{- toJson $args -}}
+{{- end -}}
+
+{{/* --auth-token: simple, or jwt with the key files mounted from auth.token.privateKey.existingSecret. */}}
+{{- define "keelson.authToken" -}}
+{{- $t := .Values.auth.token -}}
+{{- if eq $t.type "jwt" -}}
+{{- $opts := list "jwt" (printf "priv-key=/etc/keelson/auth/jwt/%s" $t.privateKey.filename) -}}
+{{- if $t.privateKey.publicKeyFilename -}}
+{{- $opts = append $opts (printf "pub-key=/etc/keelson/auth/jwt/%s" $t.privateKey.publicKeyFilename) -}}
+{{- end -}}
+{{- $opts = concat $opts (list (printf "sign-method=%s" $t.signMethod) (printf "ttl=%s" $t.ttl)) -}}
+{{- join "," $opts -}}
+{{- else -}}
+simple
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key holding the root password (auth.rbac.create). */}}
+{{- define "keelson.authSecret" -}}
+{{- default (printf "%s-auth" (include "keelson.fullname" .)) .Values.auth.rbac.existingSecret -}}
+{{- end -}}
+
+{{/* etcdctl's credentials from the root password Secret, as environment variables. */}}
+{{- define "keelson.etcdctlAuthEnv" -}}
+{{- if .Values.auth.rbac.create -}}
+- name: ETCDCTL_USER
+  value: root
+- name: ETCDCTL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keelson.authSecret" . }}
+      key: {{ .Values.auth.rbac.existingSecretPasswordKey }}
+{{- end -}}
 {{- end -}}
 
 {{/* Render-time checks that JSON schema cannot express. */}}
@@ -239,6 +273,12 @@ an ETCD_* variable in extraEnv: keelson, as etcd, refuses a variable that repeat
 {{- end -}}
 {{- if and $v.tls.client.enabled (ne $v.tls.client.source "auto") $v.tls.client.clientCertAuth (eq $v.tls.client.source "secret") (not $v.tls.client.clientSecretName) $v.helmTest.enabled -}}
 {{- fail "tls.client.clientCertAuth with tls.client.source=secret: set tls.client.clientSecretName (a client certificate for `helm test`) or helmTest.enabled=false" -}}
+{{- end -}}
+{{- if and $v.auth.rbac.create (not $v.auth.rbac.existingSecret) (not $v.auth.rbac.rootPassword) -}}
+{{- fail "auth.rbac.create needs auth.rbac.existingSecret (a Secret with the root password) or auth.rbac.rootPassword" -}}
+{{- end -}}
+{{- if and (eq $v.auth.token.type "jwt") (not $v.auth.token.privateKey.existingSecret) -}}
+{{- fail "auth.token.type=jwt needs auth.token.privateKey.existingSecret (a Secret with the signing key)" -}}
 {{- end -}}
 {{- $managed := dict -}}
 {{- range $arg := (include "keelson.memberArgs" . | fromJsonArray) -}}

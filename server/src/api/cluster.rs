@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use crate::member::Member;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
@@ -20,6 +21,13 @@ impl ClusterService {
     pub fn new(member: Arc<Member>) -> Self {
         Self { member }
     }
+
+    /// Membership changes need the root role while auth is enabled (etcd checks it before
+    /// proposing them).
+    async fn check_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = caller(&self.member, request).await?;
+        Ok(self.member.auth().check_admin(&caller)?)
+    }
 }
 
 #[tonic::async_trait]
@@ -28,6 +36,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.check_admin(&request).await?;
         let req = request.into_inner();
         Ok(Response::new(
             self.member
@@ -40,6 +49,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.check_admin(&request).await?;
         Ok(Response::new(
             self.member.member_remove(request.get_ref().id).await?,
         ))
@@ -49,6 +59,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.check_admin(&request).await?;
         let req = request.into_inner();
         Ok(Response::new(
             self.member.member_update(req.id, req.peer_ur_ls).await?,
@@ -69,6 +80,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.check_admin(&request).await?;
         Ok(Response::new(
             self.member.member_promote(request.get_ref().id).await?,
         ))

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::caller;
 use crate::member::Member;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -37,6 +38,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // etcd checks no permission for a grant, but refuses a bad token on it.
+        caller(&self.member, &request).await?;
         Ok(Response::new(
             self.member.lease_grant(request.into_inner()).await?,
         ))
@@ -46,8 +49,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = caller(&self.member, &request).await?;
         Ok(Response::new(
-            self.member.lease_revoke(request.into_inner()).await?,
+            self.member
+                .lease_revoke(&caller, request.into_inner())
+                .await?,
         ))
     }
 

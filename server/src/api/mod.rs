@@ -3,6 +3,7 @@
 //! Thin by design: each handler validates the request as etcd does, calls the member and maps
 //! errors through `status`. Services a later piece of work implements answer `Unimplemented`.
 
+pub mod auth;
 mod cluster;
 mod kv;
 pub mod learner;
@@ -18,12 +19,13 @@ use std::sync::Arc;
 use tonic::service::Routes;
 
 use crate::member::Member;
-use crate::proto::etcdserverpb::auth_server::{Auth, AuthServer};
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use auth::AuthService;
 use cluster::ClusterService;
 use kv::KvService;
 use lease::LeaseService;
@@ -32,11 +34,6 @@ use watch::WatchService;
 
 /// etcd lets gRPC messages exceed --max-request-bytes by this much, for framing and metadata.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
-
-/// Answers every RPC of a service with `Unimplemented` until that service is built.
-struct NotYetImplemented;
-
-impl Auth for NotYetImplemented {}
 
 /// Every etcd gRPC service, sized as etcd sizes its messages.
 pub fn routes(member: Arc<Member>) -> Routes {
@@ -57,7 +54,7 @@ pub fn routes(member: Arc<Member>) -> Routes {
             member.clone()
         ))))
         .add_service(sized!(MaintenanceServer::new(MaintenanceService::new(
-            member
+            member.clone()
         ))))
-        .add_service(sized!(AuthServer::new(NotYetImplemented)))
+        .add_service(sized!(AuthServer::new(AuthService::new(member))))
 }

@@ -24,7 +24,16 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::LearnerNotReady
         | EtcdError::TooManyLearners
         | EtcdError::NotEnoughStartedMembers
-        | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+        | EtcdError::BadLeaderTransferee
+        | EtcdError::RootUserNotExist
+        | EtcdError::RootRoleNotExist
+        | EtcdError::UserAlreadyExists
+        | EtcdError::UserNotFound
+        | EtcdError::RoleAlreadyExists
+        | EtcdError::RoleNotFound
+        | EtcdError::RoleNotGranted
+        | EtcdError::PermissionNotGranted
+        | EtcdError::AuthNotEnabled => Code::FailedPrecondition,
         EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
         EtcdError::TooManyTxnOps
         | EtcdError::DuplicateKey
@@ -34,11 +43,21 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::LeaseProvided
         | EtcdError::RequestTooLarge
         | EtcdError::BadMemberUrls
+        | EtcdError::UserEmpty
+        | EtcdError::RoleEmpty
+        | EtcdError::AuthFailed
+        | EtcdError::InvalidAuthMgmt
+        | EtcdError::AuthOldRevision
         | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
+        EtcdError::PermissionDenied => Code::PermissionDenied,
+        EtcdError::InvalidAuthToken => Code::Unauthenticated,
         EtcdError::TooManyRequests | EtcdError::NoSpace => Code::ResourceExhausted,
         EtcdError::Corrupt => Code::DataLoss,
         EtcdError::Canceled => Code::Cancelled,
-        EtcdError::Internal(_) | EtcdError::LeaderTransferTimeout => Code::Unknown,
+        EtcdError::Internal(_)
+        | EtcdError::LeaderTransferTimeout
+        | EtcdError::NoPasswordUser
+        | EtcdError::Untranslated(_) => Code::Unknown,
     };
     Status::new(code, error.to_string())
 }
@@ -67,5 +86,115 @@ mod tests {
         let s = to_status(EtcdError::RequestTooLarge);
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "etcdserver: request is too large");
+    }
+
+    /// etcd 3.4's rpctypes for auth, code and message.
+    #[test]
+    fn auth_codes_and_messages_are_etcds() {
+        let cases = [
+            (
+                EtcdError::RootUserNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not exist",
+            ),
+            (
+                EtcdError::RootRoleNotExist,
+                Code::FailedPrecondition,
+                "etcdserver: root user does not have root role",
+            ),
+            (
+                EtcdError::UserAlreadyExists,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                EtcdError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                EtcdError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                EtcdError::RoleAlreadyExists,
+                Code::FailedPrecondition,
+                "etcdserver: role name already exists",
+            ),
+            (
+                EtcdError::RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                EtcdError::RoleEmpty,
+                Code::InvalidArgument,
+                "etcdserver: role name is empty",
+            ),
+            (
+                EtcdError::AuthFailed,
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                EtcdError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                EtcdError::RoleNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                EtcdError::PermissionNotGranted,
+                Code::FailedPrecondition,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                EtcdError::AuthNotEnabled,
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            (
+                EtcdError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                EtcdError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+            (
+                EtcdError::AuthOldRevision,
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+            ),
+            (
+                EtcdError::NoPasswordUser,
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
+            ),
+            (
+                EtcdError::PermissionDenied.untranslated(),
+                Code::Unknown,
+                "auth: permission denied",
+            ),
+            (
+                EtcdError::UserEmpty.untranslated(),
+                Code::Unknown,
+                "auth: user name is empty",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let s = to_status(error.clone());
+            assert_eq!((s.code(), s.message()), (code, message), "{error:?}");
+            // Errors cross the raft log as text and must come back as themselves.
+            if !matches!(error, EtcdError::Untranslated(_)) {
+                assert_eq!(EtcdError::from_message(message), error);
+            }
+        }
     }
 }

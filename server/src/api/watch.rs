@@ -12,7 +12,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
-use crate::member::Member;
+use crate::member::{Credentials, Member};
 use crate::mvcc::read::KeyRange;
 use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -59,9 +59,15 @@ impl Watch for WatchService {
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let needs_leader = check_leader(request.metadata(), self.member.raft_status().leader)?;
+        let credentials = super::auth::credentials(&request);
         let requests = request.into_inner();
         let (stream, messages) = self.member.store().watch_hub().open_stream();
-        tokio::spawn(read_requests(requests, stream));
+        tokio::spawn(read_requests(
+            self.member.clone(),
+            credentials,
+            requests,
+            stream,
+        ));
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
         tokio::spawn(forward_responses(
             self.member.clone(),
@@ -73,11 +79,60 @@ impl Watch for WatchService {
     }
 }
 
+/// etcd's `isWatchPermitted`: the stream's credentials must allow reading the watched range,
+/// checked again for every watch. A refusal cancels that watch with etcd's reason (the gRPC
+/// error's text).
+async fn refusal(
+    member: &Member,
+    credentials: &Credentials,
+    create: &WatchCreateRequest,
+) -> Option<String> {
+    if !member.auth().is_enabled() && credentials.token.is_none() {
+        return None;
+    }
+    let checked = match member.caller(credentials).await {
+        // As etcd: an empty key is "\0". Unlike etcd 3.4, which checks only the first key of a
+        // watch that runs to the end of the key space, the whole watched range is checked.
+        Ok(caller) => {
+            let key: &[u8] = if create.key.is_empty() {
+                b"\0"
+            } else {
+                &create.key
+            };
+            member.auth().check_read(&caller, key, &create.range_end)
+        }
+        Err(e) => Err(e),
+    };
+    let error = match checked {
+        Ok(()) => return None,
+        Err(
+            e @ (EtcdError::InvalidAuthToken | EtcdError::AuthOldRevision | EtcdError::UserEmpty),
+        ) => e,
+        Err(_) => EtcdError::PermissionDenied,
+    };
+    let status = Status::from(error);
+    Some(format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    ))
+}
+
 /// Turns the client's requests into hub calls until the client stops sending.
-async fn read_requests(mut requests: Streaming<WatchRequest>, stream: WatchStream) {
+async fn read_requests(
+    member: Arc<Member>,
+    credentials: Credentials,
+    mut requests: Streaming<WatchRequest>,
+    stream: WatchStream,
+) {
     while let Some(Ok(request)) = requests.next().await {
         let outcome = match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => stream.watch(spec_of(create)).await,
+            Some(RequestUnion::CreateRequest(create)) => {
+                match refusal(&member, &credentials, &create).await {
+                    Some(reason) => stream.refuse(reason).await,
+                    None => stream.watch(spec_of(create)).await,
+                }
+            }
             Some(RequestUnion::CancelRequest(cancel)) => stream.cancel(cancel.watch_id).await,
             Some(RequestUnion::ProgressRequest(_)) => stream.request_progress().await,
             // etcd ignores what it does not understand rather than ending the stream.

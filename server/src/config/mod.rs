@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flags::{FlagError, FlagValue, Kind, ParseOutcome};
+pub use go_duration::parse as parse_go_duration;
 pub use urls::{ListenUrl, Scheme};
 
+use crate::auth::tokens::{unknown_jwt_options, TokenOptions};
 use crate::member::auto_compaction::AutoCompaction;
 use crate::transport::tls::TlsSettings;
 
@@ -113,6 +115,9 @@ pub const FLAGS: &[FlagSpec] = &[
     flag("log-level", Value, "info", "Configures log level. Only supports debug, info, warn, error, panic, or fatal.", Supported),
     flag("debug", Bool, "false", "Enable debug-level logging.", Supported),
     flag("version", Bool, "false", "Print the version and exit.", Supported),
+    flag("auth-token", Value, "simple", "Specify auth token specific options ('simple', or 'jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...').", Supported),
+    flag("auth-token-ttl", Value, "300", "The lifetime in seconds of the auth token.", Supported),
+    flag("bcrypt-cost", Value, "10", "Specify bcrypt algorithm cost factor for auth password hashing.", Supported),
     flag("auto-compaction-retention", Value, "0", "Auto compaction retention for mvcc key value store.", Supported),
     flag("auto-compaction-mode", Value, "periodic", "Interpret 'auto-compaction-retention' one of: periodic|revision.", Supported),
     flag("enable-pprof", Bool, "false", "Enable runtime profiling data via HTTP server.", Ignored("keelson has no Go runtime to profile")),
@@ -174,6 +179,12 @@ pub struct Config {
     pub extensive_metrics: bool,
     pub client_tls: TlsSettings,
     pub peer_tls: TlsSettings,
+    /// `--auth-token`: how tokens are made (keys are read when the member starts).
+    pub auth_token: TokenOptions,
+    /// `--auth-token-ttl`: how long an unused simple token lives.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost` (a cost outside bcrypt's range falls back to 10, as in etcd).
+    pub bcrypt_cost: u32,
     /// Messages for the log once logging is up (environment warnings, ignored flags).
     pub notices: Vec<String>,
 }
@@ -379,6 +390,15 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
     if max_txn_ops == 0 {
         return Err(invalid("max-txn-ops", "0", "must be positive"));
     }
+    let auth_token_spec = v.string("auth-token");
+    let auth_token = TokenOptions::parse(&auth_token_spec)
+        .map_err(|e| ConfigError::Invalid(format!("failed to create token provider: {e}")))?;
+    let unknown = unknown_jwt_options(&auth_token_spec);
+    if !unknown.is_empty() {
+        notices.push(format!("unknown JWT options: {unknown:?}"));
+    }
+    let auth_token_ttl: u64 = v.number("auth-token-ttl")?;
+    let bcrypt_cost: u32 = v.number("bcrypt-cost")?;
     let wal_dir = Some(v.string("wal-dir"))
         .filter(|w| !w.is_empty())
         .map(PathBuf::from);
@@ -422,6 +442,9 @@ fn build(v: &Values<'_>) -> Result<Config, ConfigError> {
         extensive_metrics: metrics_level == "extensive",
         client_tls,
         peer_tls,
+        auth_token,
+        auth_token_ttl: Duration::from_secs(auth_token_ttl),
+        bcrypt_cost,
         notices,
     })
 }
@@ -661,6 +684,28 @@ mod tests {
             missing.is_empty(),
             "flags missing from docs/operations.md: {missing:?}"
         );
+    }
+
+    #[test]
+    fn auth_flags() {
+        let c = run(&[]).expect("defaults");
+        assert_eq!(c.auth_token, TokenOptions::Simple);
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(300));
+        assert_eq!(c.bcrypt_cost, 10);
+        let c = run(&[
+            "--auth-token",
+            "jwt,pub-key=k.pub,priv-key=k.key,sign-method=RS256,ttl=1m",
+            "--auth-token-ttl",
+            "2",
+            "--bcrypt-cost",
+            "4",
+        ])
+        .expect("parses");
+        assert!(matches!(c.auth_token, TokenOptions::Jwt { .. }));
+        assert_eq!(c.auth_token_ttl, Duration::from_secs(2));
+        assert_eq!(c.bcrypt_cost, 4);
+        assert!(run(&["--auth-token", "magic"]).is_err());
+        assert!(run(&["--auth-token-ttl", "-1"]).is_err());
     }
 
     #[test]

@@ -118,7 +118,7 @@ async fn read_check(member: &Member, serializable: bool) -> Result<(), String> {
         ..Default::default()
     };
     member
-        .range(request)
+        .range(None, request)
         .await
         .map(|_| ())
         .map_err(|e: EtcdError| e.to_string())

@@ -10,6 +10,7 @@ use rocksdb::WriteBatch;
 
 use super::alarms::Alarms;
 use super::quota;
+use crate::auth::{AuthStore, Caller};
 use crate::error::EtcdError;
 use crate::lease::Lessor;
 use crate::metrics::METRICS;
@@ -30,15 +31,21 @@ pub struct Applier {
     store: Arc<MvccStore>,
     alarms: Arc<Alarms>,
     lessor: Arc<Lessor>,
+    auth: Arc<AuthStore>,
 }
 
 impl Applier {
-    pub fn new(store: Arc<MvccStore>, lessor: Arc<Lessor>) -> Result<Self, StorageError> {
+    pub fn new(
+        store: Arc<MvccStore>,
+        lessor: Arc<Lessor>,
+        auth: Arc<AuthStore>,
+    ) -> Result<Self, StorageError> {
         let alarms = Arc::new(Alarms::load(store.storage())?);
         Ok(Self {
             store,
             alarms,
             lessor,
+            auth,
         })
     }
 
@@ -56,6 +63,7 @@ impl Applier {
             .reload()
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         self.alarms.reload(self.store.storage())?;
+        self.auth.reload()?;
         self.lessor.reload()
     }
 
@@ -67,13 +75,18 @@ impl Applier {
     /// what `record` adds to the batch. A failed request commits only `record`'s part.
     pub fn apply(
         &self,
+        index: u64,
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError> {
         let mut txn = WriteTxn::new(&self.store);
-        let outcome = match request.and_then(|r| r.request.as_ref()) {
-            Some(request) => self.execute(&mut txn, request),
-            None => Ok(None),
+        let outcome = match request {
+            Some(RaftRequest {
+                request: Some(inner),
+                auth,
+                ..
+            }) => self.execute(&mut txn, index, &Caller::of_entry(auth.as_ref()), inner),
+            _ => Ok(None),
         };
         let (mut txn, response) = match outcome {
             Ok(response) => (
@@ -107,11 +120,12 @@ impl StateMachineApplier for Applier {
 
     fn apply(
         &self,
+        index: u64,
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError> {
         let started = Instant::now();
-        let outcome = Applier::apply(self, request, record);
+        let outcome = Applier::apply(self, index, request, record);
         let took = started.elapsed();
         if took > SLOW_APPLY {
             // etcd's warning and counter for an apply over 100 ms: a slow disk or an overloaded
@@ -128,14 +142,32 @@ impl StateMachineApplier for Applier {
     fn reload(&self) -> Result<(), StorageError> {
         Applier::reload(self)
     }
+
+    fn replays_log(&self) -> bool {
+        self.auth.replays_log()
+    }
+
+    fn replay(&self, index: u64, request: &RaftRequest) {
+        if let Some(request) = &request.request {
+            self.auth.replay(index, request);
+        }
+    }
 }
 
 impl Applier {
     fn execute(
         &self,
         txn: &mut WriteTxn<'_>,
+        index: u64,
+        caller: &Caller,
         request: &Request,
     ) -> Result<Option<Response>, EtcdError> {
+        // As etcd's applier chain: permissions first, then the quota.
+        if let Some(outcome) = self.auth.apply(txn.batch_mut(), index, caller, request) {
+            return outcome.map(|result| Some(Response::Auth(result)));
+        }
+        self.auth
+            .check_entry(caller, request, &|lease| self.lessor.attached_keys(lease))?;
         let capped = self.alarms.is_active(AlarmType::Nospace);
         let response = match request {
             Request::Put(_) if capped => return Err(EtcdError::NoSpace),
@@ -154,6 +186,19 @@ impl Applier {
                     header: Some(Default::default()),
                 })
             }
+            // Applied by the auth store above.
+            Request::AuthEnable(_)
+            | Request::AuthDisable(_)
+            | Request::Authenticate(_)
+            | Request::AuthUserAdd(_)
+            | Request::AuthUserDelete(_)
+            | Request::AuthUserChangePassword(_)
+            | Request::AuthUserGrantRole(_)
+            | Request::AuthUserRevokeRole(_)
+            | Request::AuthRoleAdd(_)
+            | Request::AuthRoleDelete(_)
+            | Request::AuthRoleGrantPermission(_)
+            | Request::AuthRoleRevokePermission(_) => return Ok(None),
         };
         Ok(Some(response))
     }

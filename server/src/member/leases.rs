@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::{unexpected, Member};
+use crate::auth::Caller;
 use crate::error::{EtcdError, EtcdResult};
 use crate::lease::{Renewal, MAX_LEASE_TTL};
 use crate::metrics::METRICS;
@@ -73,8 +74,13 @@ impl Member {
         }
     }
 
-    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> EtcdResult<LeaseRevokeResponse> {
-        match self.propose(Request::LeaseRevoke(req)).await? {
+    /// Revokes a lease; a client must be allowed to write every key attached to it.
+    pub async fn lease_revoke(
+        &self,
+        caller: &Caller,
+        req: LeaseRevokeRequest,
+    ) -> EtcdResult<LeaseRevokeResponse> {
+        match self.propose_as(caller, Request::LeaseRevoke(req)).await? {
             Response::LeaseRevoke(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -221,7 +227,9 @@ impl Member {
                     };
                     let member = member.clone();
                     tokio::spawn(async move {
-                        let outcome = member.lease_revoke(LeaseRevokeRequest { id }).await;
+                        let outcome = member
+                            .lease_revoke(&Caller::Member, LeaseRevokeRequest { id })
+                            .await;
                         match outcome {
                             // As etcd: an expired lease counts once its revoke went through.
                             Ok(_) => METRICS.lease_expired.inc(),

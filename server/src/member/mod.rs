@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod applier;
+mod auth;
 pub mod auto_compaction;
 mod cluster;
 mod db_size;
@@ -13,8 +14,11 @@ mod leases;
 pub mod membership;
 pub mod quota;
 
+pub use auth::Credentials;
+
 use std::sync::Arc;
 
+use crate::auth::{AuthStore, Caller};
 use crate::error::{EtcdError, EtcdResult};
 use crate::lease::Lessor;
 use crate::metrics::METRICS;
@@ -47,6 +51,7 @@ pub struct Member {
     store: Arc<MvccStore>,
     alarms: Arc<alarms::Alarms>,
     lessor: Arc<Lessor>,
+    auth: Arc<AuthStore>,
     ids: ids::IdGenerator,
     limits: Limits,
     /// The store's size for the quota check (and the size gauges).
@@ -68,6 +73,7 @@ impl Member {
         store: Arc<MvccStore>,
         alarms: Arc<alarms::Alarms>,
         lessor: Arc<Lessor>,
+        auth: Arc<AuthStore>,
         limits: Limits,
     ) -> Self {
         let db_size = db_size::DbSize::start(store.storage().clone());
@@ -78,6 +84,7 @@ impl Member {
             store,
             alarms,
             lessor,
+            auth,
             ids,
             limits,
             db_size,
@@ -161,10 +168,17 @@ impl Member {
         }
     }
 
+    /// Proposes what the member does on its own behalf.
     async fn propose(&self, request: Request) -> EtcdResult<Response> {
+        self.propose_as(&Caller::Member, request).await
+    }
+
+    /// Proposes a request of `caller`; the permission checks made when it is applied use it.
+    async fn propose_as(&self, caller: &Caller, request: Request) -> EtcdResult<Response> {
         let request = RaftRequest {
             id: 0,
             request: Some(request),
+            auth: caller.to_entry(),
         };
         let body_len = request.request.as_ref().map_or(0, |r| r.encoded_len());
         if envelope_len(self.id(), body_len) > self.limits.max_request_bytes {
@@ -198,7 +212,14 @@ impl Member {
             .map_err(|e| EtcdError::Internal(format!("read task failed: {e}")))?
     }
 
-    pub async fn range(&self, req: RangeRequest) -> EtcdResult<RangeResponse> {
+    /// A Range for a client (`credentials`) or for the member itself (`None`). As etcd's
+    /// `doSerialize`, the credentials are resolved after the linearizable barrier: a token that
+    /// an auth change applied meanwhile invalidated is refused as such.
+    pub async fn range(
+        &self,
+        credentials: Option<&Credentials>,
+        req: RangeRequest,
+    ) -> EtcdResult<RangeResponse> {
         METRICS.mvcc_range.inc();
         if !req.serializable && self.raft.is_learner() {
             return Err(EtcdError::NotSupportedForLearner);
@@ -206,7 +227,10 @@ impl Member {
         if !req.serializable {
             self.raft.read_index().await?;
         }
+        let caller = &self.caller_of(credentials).await?;
+        self.auth.check_read(caller, &req.key, &req.range_end)?;
         let mut resp = self.read_locally(move |store| store.range(&req)).await?;
+        self.auth.check_unchanged(caller)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
@@ -239,10 +263,10 @@ impl Member {
         }
     }
 
-    pub async fn put(&self, req: PutRequest) -> EtcdResult<PutResponse> {
+    pub async fn put(&self, caller: &Caller, req: PutRequest) -> EtcdResult<PutResponse> {
         METRICS.mvcc_put.inc();
         self.check_quota(quota::put_cost(&req)).await?;
-        match self.propose(Request::Put(req)).await? {
+        match self.propose_as(caller, Request::Put(req)).await? {
             Response::Put(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -251,9 +275,13 @@ impl Member {
         }
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> EtcdResult<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        caller: &Caller,
+        req: DeleteRangeRequest,
+    ) -> EtcdResult<DeleteRangeResponse> {
         METRICS.mvcc_delete.inc();
-        match self.propose(Request::DeleteRange(req)).await? {
+        match self.propose_as(caller, Request::DeleteRange(req)).await? {
             Response::DeleteRange(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(resp)
@@ -262,17 +290,25 @@ impl Member {
         }
     }
 
-    pub async fn txn(&self, req: TxnRequest) -> EtcdResult<TxnResponse> {
+    /// A Txn for a client; a read-only one resolves the credentials after the linearizable
+    /// barrier, as `range` does.
+    pub async fn txn(&self, credentials: &Credentials, req: TxnRequest) -> EtcdResult<TxnResponse> {
         METRICS.mvcc_txn.inc();
         let mut resp = if txn_is_read_only(&req) {
             if !txn_is_serializable(&req) {
                 self.raft.read_index().await?;
             }
-            self.read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
-                .await?
+            let caller = &self.caller(credentials).await?;
+            self.auth.check_txn(caller, &req)?;
+            let resp = self
+                .read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
+                .await?;
+            self.auth.check_unchanged(caller)?;
+            resp
         } else {
+            let caller = &self.caller(credentials).await?;
             self.check_quota(quota::txn_cost(&req)).await?;
-            match self.propose(Request::Txn(req)).await? {
+            match self.propose_as(caller, Request::Txn(req)).await? {
                 Response::Txn(resp) => resp,
                 other => return Err(unexpected(other)),
             }

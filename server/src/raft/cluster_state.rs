@@ -94,6 +94,11 @@ impl ClusterState {
         });
     }
 
+    /// The last applied log index now.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     pub fn applied_receiver(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }

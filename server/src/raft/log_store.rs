@@ -15,7 +15,9 @@ use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
 use super::types::{Entry, LogId, Membership, Proposal, TypeConfig, Vote};
+use crate::proto::raftpb::RaftRequest;
 use crate::storage::{Storage, StorageError, WalSyncer, CF_LOG, CF_RAFT};
+use prost::Message;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -113,6 +115,29 @@ pub fn decode_entry(key: &[u8], value: &[u8]) -> io::Result<Entry> {
         _ => return Err(corrupt("entry kind")),
     };
     Ok(Entry::new(LogId::new_term_index(term, index), payload))
+}
+
+/// Calls `visit` with every client request in the log up to `last` (inclusive), in order.
+pub fn for_each_request(
+    storage: &Storage,
+    last: u64,
+    visit: &mut dyn FnMut(u64, RaftRequest),
+) -> io::Result<()> {
+    let mut iter = storage.db().raw_iterator_cf(storage.cf(CF_LOG));
+    iter.seek_to_first();
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        let index = u64::from_be_bytes(key.try_into().map_err(|_| corrupt("index key"))?);
+        if index > last {
+            break;
+        }
+        if value.first() == Some(&KIND_NORMAL) && value.len() >= 9 {
+            let request = RaftRequest::decode(&value[9..]).map_err(|_| corrupt("proposal"))?;
+            visit(index, request);
+        }
+        iter.next();
+    }
+    iter.status().map_err(StorageError::from)?;
+    Ok(())
 }
 
 fn start_index(range: &impl RangeBounds<u64>) -> u64 {

@@ -68,15 +68,24 @@ const LEADER_POLL: Duration = Duration::from_millis(20);
 /// What the state machine needs from the layer that executes requests (the member's applier).
 pub trait StateMachineApplier: Send + Sync + 'static {
     fn storage(&self) -> &Arc<Storage>;
-    /// Applies `request` (or nothing, for raft's own entries) and commits it together with what
-    /// `record` adds to the batch.
+    /// Applies `request` (or nothing, for raft's own entries), the entry at log `index`, and
+    /// commits it together with what `record` adds to the batch.
     fn apply(
         &self,
+        index: u64,
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError>;
     /// Reloads in-memory state after the data underneath was replaced by a snapshot.
     fn reload(&self) -> Result<(), StorageError>;
+    /// Whether [`StateMachineApplier::replay`] wants the entries applied before this start.
+    fn replays_log(&self) -> bool {
+        false
+    }
+    /// An entry applied before this start that is still in the log, in log order: what the
+    /// applier keeps only in memory (simple auth tokens) is rebuilt from them, as etcd rebuilds
+    /// it when it replays its WAL on a restart.
+    fn replay(&self, _index: u64, _request: &RaftRequest) {}
 }
 
 /// The membership as the leader sees it when a change is asked for.
@@ -479,6 +488,17 @@ impl RaftNode {
             Ok(Err(_)) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
         }
+    }
+
+    /// Waits (at most a request timeout) until this member applied the entry at `index`.
+    pub async fn wait_for_applied(&self, index: u64) -> EtcdResult<()> {
+        // Nearly always applied already: no timer, no subscription on that path (every request
+        // with a simple token asks).
+        if self.cluster.applied() >= index {
+            return Ok(());
+        }
+        self.wait_applied(index, Instant::now() + self.settings.request_timeout)
+            .await
     }
 
     /// Waits until this member's state reflects every write acknowledged before the call.

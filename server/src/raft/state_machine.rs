@@ -62,6 +62,12 @@ impl StateMachine {
             }
         }
         let applied = read_applied_state(&storage)?;
+        if applier.replays_log() {
+            let last = applied.last_applied.map_or(0, |id| id.index);
+            super::log_store::for_each_request(&storage, last, &mut |index, request| {
+                applier.replay(index, &request)
+            })?;
+        }
         cluster.set_removed(read_removed(&storage)?);
         cluster.set_applied(applied.last_applied.map_or(0, |id| id.index));
         Ok(Self {
@@ -128,7 +134,9 @@ impl StateMachine {
             })?),
             _ => None,
         };
-        let response = self.applier.apply(request.as_ref(), &record)?;
+        let response = self
+            .applier
+            .apply(log_id.index, request.as_ref(), &record)?;
         if let Ok(mut current) = self.applied.lock() {
             current.last_applied = Some(log_id);
             if let Some(m) = membership {

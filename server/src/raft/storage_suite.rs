@@ -13,6 +13,8 @@ use super::peer::faults::PeerFaults;
 use super::snapshot::SnapshotStore;
 use super::state_machine::StateMachine;
 use super::types::TypeConfig;
+use crate::auth::tokens::TokenProvider;
+use crate::auth::AuthStore;
 use crate::lease::Lessor;
 use crate::member::applier::Applier;
 use crate::mvcc::MvccStore;
@@ -31,7 +33,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         let syncer = WalSyncer::start(storage.clone()).map_err(storage_error)?;
         let store = MvccStore::open(storage.clone()).map_err(storage_error)?;
         let lessor = Arc::new(Lessor::load(storage.clone(), 2).map_err(storage_error)?);
-        let applier = Arc::new(Applier::new(store, lessor).map_err(storage_error)?);
+        let auth = Arc::new(
+            AuthStore::open(storage.clone(), TokenProvider::None, 4).map_err(storage_error)?,
+        );
+        let applier = Arc::new(Applier::new(store, lessor, auth).map_err(storage_error)?);
         let snapshots = SnapshotStore::new(dir.path().join("snap")).map_err(storage_error)?;
         let cluster = Arc::new(ClusterState::new(1, 1, Arc::new(PeerFaults::default())));
         let state_machine =

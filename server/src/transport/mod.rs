@@ -64,15 +64,45 @@ pub async fn serve(
     }
 }
 
+/// Who the client of a TLS connection proved to be: the common name of the certificate it
+/// presented and the listener verified (`--client-cert-auth`). Every request of the connection
+/// carries it as an extension; etcd takes it as the user name when there is no token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub common_name: Option<String>,
+}
+
+/// `router`, with the connection's client identity added to each request.
+fn with_identity(
+    router: Router,
+    identity: ClientIdentity,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(identity.clone());
+            let mut router = router.clone();
+            async move {
+                use tower::Service;
+                router.call(request.map(axum::body::Body::new)).await
+            }
+        },
+    )
+}
+
 async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     router: Router,
 ) {
-    let service = TowerToHyperService::new(router);
     let outcome = match tls {
         None => {
+            let service = TowerToHyperService::new(router);
             builder
                 .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await
@@ -87,6 +117,15 @@ async fn serve_connection(
                     }
                     Err(_) => return,
                 };
+            let identity = ClientIdentity {
+                common_name: stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| tls::common_name(leaf)),
+            };
+            let service = TowerToHyperService::new(with_identity(router, identity));
             builder
                 .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await

@@ -258,6 +258,11 @@ fn dns_name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// The subject common name of a DER certificate as Go reads it (the last CN attribute wins).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    certificate_names(der).and_then(|(cns, _)| cns.into_iter().last())
+}
+
 /// The subject common names and SAN names (DNS and IP) of a DER certificate.
 fn certificate_names(der: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
     use x509_parser::extensions::GeneralName;

@@ -447,6 +447,19 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Answers a create request that is refused before it reaches the hub (no permission):
+    /// `created` and `canceled` with `reason`, in order with the stream's other answers.
+    pub async fn refuse(&self, reason: String) -> Result<(), StreamClosed> {
+        let permit = self.tx.reserve().await.map_err(|_| StreamClosed)?;
+        let current = self.hub.lock().current;
+        permit.send(WatchMessage::Refused {
+            watch_id: STREAM_PROGRESS_ID,
+            revision: current,
+            reason,
+        });
+        Ok(())
+    }
+
     /// Cancels a watch; an unknown ID gets no answer, as in etcd.
     pub async fn cancel(&self, watch_id: i64) -> Result<(), StreamClosed> {
         let permit = self.tx.reserve().await.map_err(|_| StreamClosed)?;

@@ -329,8 +329,9 @@ impl PeerPool {
     }
 }
 
-/// A lazily connected channel to the peer URL `url`.
-fn connect_lazy(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<Channel> {
+/// A lazily connected channel to the peer URL `url` (also used for client URLs by
+/// `keelson auth-bootstrap`).
+pub(crate) fn connect_lazy(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<Channel> {
     let uri: Uri = url.parse().ok()?;
     let https = uri.scheme_str() == Some("https");
     let authority = uri.authority()?.clone();
