@@ -9,11 +9,11 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("leave") {
         return leave(&args[1..], &env);
     }
-    if args.first().map(String::as_str) == Some("auth-bootstrap") {
-        return auth_bootstrap(&args[1..]);
-    }
     if args.first().map(String::as_str) == Some("snapshot") {
         return snapshot(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("auth-bootstrap") {
+        return auth_bootstrap(&args[1..]);
     }
     let config = match config::parse(&args, &env) {
         Ok(Parsed::Run(config)) => config,
@@ -104,6 +104,24 @@ fn leave(args: &[String], env: &[(String, String)]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `keelson snapshot restore|status ...` (etcdctl's snapshot subcommands).
+fn snapshot(args: &[String]) -> ExitCode {
+    match keelson::snapshot::cli::run(args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(keelson::snapshot::SnapshotError::Usage(message)) => {
+            eprintln!("Error: {message}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `keelson auth-bootstrap --endpoints=... --root-password-file=...`: adds root and enables auth
 /// unless auth is on already (the chart's Job; docs/deploy.md).
 fn auth_bootstrap(args: &[String]) -> ExitCode {
@@ -133,24 +151,6 @@ fn auth_bootstrap(args: &[String]) -> ExitCode {
         Err(e) => {
             tracing::error!("keelson auth-bootstrap: {e}");
             eprintln!("keelson auth-bootstrap: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `keelson snapshot restore|status ...` (etcdctl's snapshot subcommands).
-fn snapshot(args: &[String]) -> ExitCode {
-    match keelson::snapshot::cli::run(args) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
-        Err(keelson::snapshot::SnapshotError::Usage(message)) => {
-            eprintln!("Error: {message}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
             ExitCode::FAILURE
         }
     }

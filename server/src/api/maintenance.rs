@@ -81,7 +81,7 @@ impl Maintenance for MaintenanceService {
     }
 
     /// etcd's Hash: a CRC-32C of the whole backend (here: of the state machine in etcd's
-    /// format, see `Member::backend_hash`), with the revision it was taken at. Root only.
+    /// format, see `Member::backend_hash`), with the revision it was taken at.
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.check_admin(&request).await?;
         let (hash, revision) = self.member.backend_hash().await?;
@@ -105,7 +105,7 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    /// etcd's backend file at one revision, in 32 KiB chunks, then its SHA-256. Root only.
+    /// etcd's backend file at one revision, in 32 KiB chunks, then its SHA-256.
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
