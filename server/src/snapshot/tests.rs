@@ -128,18 +128,9 @@ fn auth_state_travels_as_etcds_buckets_and_back() {
     drop(source);
 
     let data_dir = dir.path().join("restored");
-    let url = "http://127.0.0.1:2380".to_string();
-    let opts = RestoreOptions {
-        file,
-        data_dir: data_dir.clone(),
-        name: "m1".into(),
-        initial_cluster: BTreeMap::from([("m1".to_string(), vec![url.clone()])]),
-        initial_cluster_token: "t".into(),
-        initial_advertise_peer_urls: vec![url],
-        // write_backend leaves out the trailer `Maintenance.Snapshot` appends.
-        skip_hash_check: true,
-    };
-    let done = restore::run(&opts).expect("restore");
+    // write_backend leaves out the trailer `Maintenance.Snapshot` appends: the options skip
+    // the hash check.
+    let done = restore::run(&restore_options(file, data_dir.clone())).expect("restore");
     assert_eq!(
         done.auth,
         RestoredAuth {
@@ -170,4 +161,80 @@ fn a_store_that_never_touched_auth_exports_etcds_initial_state() {
     );
     assert!(bucket(&reader, etcd::BUCKET_AUTH_USERS).is_empty());
     assert!(bucket(&reader, etcd::BUCKET_AUTH_ROLES).is_empty());
+}
+
+fn restore_options(file: std::path::PathBuf, data_dir: std::path::PathBuf) -> RestoreOptions {
+    let url = "http://127.0.0.1:2380".to_string();
+    RestoreOptions {
+        file,
+        data_dir,
+        name: "m1".into(),
+        initial_cluster: BTreeMap::from([("m1".to_string(), vec![url.clone()])]),
+        initial_cluster_token: "t".into(),
+        initial_advertise_peer_urls: vec![url],
+        skip_hash_check: true,
+    }
+}
+
+/// A file holding one bad auth record: its name, bucket, key, value, and the error expected.
+type BadAuthCase = (
+    &'static str,
+    &'static [u8],
+    &'static [u8],
+    &'static [u8],
+    &'static str,
+);
+
+#[test]
+fn unreadable_auth_records_are_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A store whose user record is not an authpb.User: the export refuses it.
+    let source = Storage::open(&dir.path().join("source")).expect("open source");
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        source.cf(CF_META),
+        [USER_PREFIX, b"bad"].concat(),
+        [0xff, 0xff, 0xff],
+    );
+    source.write(batch).expect("write");
+    let err = write_backend(&source, &dir.path().join("bad-store.db"))
+        .expect_err("a corrupt user fails the export");
+    assert!(err.to_string().contains("unreadable user"), "{err}");
+
+    // Files with a short auth revision, or a user or role that is not protobuf.
+    let cases: [BadAuthCase; 3] = [
+        (
+            "revision",
+            etcd::BUCKET_AUTH,
+            etcd::AUTH_REVISION_KEY,
+            &[1, 2, 3],
+            "auth revision",
+        ),
+        (
+            "user",
+            etcd::BUCKET_AUTH_USERS,
+            b"u",
+            &[0xff, 0xff],
+            "unreadable user",
+        ),
+        (
+            "role",
+            etcd::BUCKET_AUTH_ROLES,
+            b"r",
+            &[0xff, 0xff],
+            "unreadable role",
+        ),
+    ];
+    for (name, bucket_name, key, value, expected) in cases {
+        let file = dir.path().join(format!("{name}.db"));
+        let mut writer = super::bbolt::BoltWriter::create(&file).expect("create");
+        writer.begin_bucket(bucket_name).expect("bucket");
+        writer.put(key, value).expect("put");
+        writer.finish().expect("finish");
+        let data_dir = dir.path().join(format!("{name}.restored"));
+        let err = restore::run(&restore_options(file, data_dir.clone()))
+            .expect_err("a bad auth record fails the restore");
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+        assert!(!data_dir.exists(), "{name}: a data dir was left");
+    }
 }
