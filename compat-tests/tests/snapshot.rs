@@ -2,12 +2,15 @@
 //! deletes, leases and a compaction, saved with the real `etcdctl snapshot save`, restored
 //! into the other server (`keelson snapshot restore` / the real `etcdctl snapshot restore`),
 //! and compared revision by revision: every key at every retained revision, the compaction
-//! error below, the events a watch from the oldest revision replays, and the leases.
+//! error below, the events a watch from the oldest revision replays, and the leases. Auth
+//! (users, roles, permissions, passwords, the switch) travels both ways too.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use compat_tests::auth::{anon, as_root, as_user, enable_steps, run_script, Step};
+use compat_tests::etcdctl::OutputExt;
 use compat_tests::lease::{grant, key_exists, poll_until};
 use compat_tests::snapshot::{
     assert_success, dump, etcdctl_offline, keelson, lease_state, range_error, replay,
@@ -346,4 +349,121 @@ async fn the_member_serves_while_a_snapshot_streams() {
         .map(|entries| entries.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// The user with a prefix permission in the auth migration tests.
+const APP_USER: &str = "app-user:apppw";
+
+/// root, then auth on, then a user allowed to read and write under `/app/` only.
+fn auth_setup_steps() -> Vec<Step> {
+    let mut steps = enable_steps();
+    steps.extend([
+        as_root("user add app-user --interactive=false").stdin("apppw\n"),
+        as_root("role add app-role"),
+        as_root("user grant-role app-user app-role"),
+        as_root("role grant-permission app-role readwrite /app/ --prefix=true"),
+        as_root("put /app/seed s"),
+        as_root("put /other/seed s"),
+    ]);
+    steps
+}
+
+/// What a restored member must answer as its source does: who may write where, and the users
+/// and roles as etcdctl lists them.
+fn auth_check_steps() -> Vec<Step> {
+    vec![
+        anon("put /app/anon x"),
+        anon("get /app/seed"),
+        as_root("put /root-key r"),
+        as_user(APP_USER, "put /app/k v"),
+        as_user(APP_USER, "get /app/seed"),
+        as_user(APP_USER, "put /other/k v"),
+        as_user(APP_USER, "get /other/seed"),
+        as_user("app-user:wrong", "get /app/seed"),
+        as_root("user list"),
+        as_root("role list"),
+        as_root("user get app-user"),
+        as_root("role get app-role"),
+        as_root("role get root"),
+        as_root("get /other/seed"),
+    ]
+}
+
+/// Sets up auth on a `from` server, saves a snapshot as root, restores it with `to`'s own
+/// restore and starts `to` on it; both then answer the same checks the same way.
+async fn auth_migrates(from: ServerKind, to: ServerKind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Server::start(ServerOptions::new(from)).await;
+    for (step, out) in auth_setup_steps()
+        .iter()
+        .zip(run_script(&source, &auth_setup_steps()).await)
+    {
+        assert!(
+            out.ends_with("--- exit Some(0)"),
+            "{step:?} on {from:?}: {out}"
+        );
+    }
+    let file = dir.path().join("auth.db");
+    let saved = etcdctl(
+        &source,
+        &[
+            "--user=root:rootpw",
+            "snapshot",
+            "save",
+            &file.display().to_string(),
+        ],
+    )
+    .await;
+    saved.expect_success(&format!(
+        "etcdctl --user root snapshot save against {from:?}"
+    ));
+    let restored = restored_cluster(to, &file, dir.path(), 1).await;
+    let target = &restored.members[0];
+
+    let theirs = run_script(&source, &auth_check_steps()).await;
+    let ours = run_script(target, &auth_check_steps()).await;
+    compat_tests::auth::assert_same_transcript(&theirs, &ours);
+    // The transcripts agree; they must also say what the source enforces.
+    let exit = |i: usize| ours[i].rsplit("--- exit ").next().unwrap_or("").to_string();
+    assert_ne!(
+        exit(0),
+        "Some(0)",
+        "an anonymous put is refused: {}",
+        ours[0]
+    );
+    assert_eq!(exit(2), "Some(0)", "root writes: {}", ours[2]);
+    assert_eq!(exit(3), "Some(0)", "app-user writes in /app/: {}", ours[3]);
+    assert!(
+        ours[5].contains("permission denied"),
+        "app-user cannot write outside /app/: {}",
+        ours[5]
+    );
+    assert!(
+        ours[6].contains("permission denied"),
+        "app-user cannot read outside /app/: {}",
+        ours[6]
+    );
+    assert!(
+        ours[7].contains("authentication failed"),
+        "a wrong password is refused: {}",
+        ours[7]
+    );
+    assert!(
+        ours[8].contains("app-user") && ours[8].contains("root"),
+        "{}",
+        ours[8]
+    );
+}
+
+/// etcd with auth on, saved by root, restored by keelson: the same users, passwords, roles
+/// and permissions, enforced.
+#[tokio::test]
+async fn etcd_auth_is_restored_into_keelson() {
+    auth_migrates(ServerKind::Etcd, ServerKind::Keelson).await;
+}
+
+/// keelson with auth on, saved by root, restored by the real etcdctl: etcd enforces the same.
+#[tokio::test]
+async fn keelson_auth_is_restored_into_etcd() {
+    auth_migrates(ServerKind::Keelson, ServerKind::Etcd).await;
 }

@@ -40,11 +40,14 @@ use tokens::TokenProvider;
 pub const ROOT_USER: &str = "root";
 pub const ROOT_ROLE: &str = "root";
 
-const PREFIX: &[u8] = b"auth/";
-const KEY_ENABLED: &[u8] = b"auth/enabled";
-const KEY_REVISION: &[u8] = b"auth/revision";
-const USER_PREFIX: &[u8] = b"auth/user/";
-const ROLE_PREFIX: &[u8] = b"auth/role/";
+// The auth store's keys in `meta`. Public for snapshots, which carry them as etcd's `auth`,
+// `authUsers` and `authRoles` buckets: the switch is one byte (1 enabled, 0 disabled), the
+// revision a u64 BE, users and roles the authpb messages under their names, as etcd has them.
+pub const PREFIX: &[u8] = b"auth/";
+pub const KEY_ENABLED: &[u8] = b"auth/enabled";
+pub const KEY_REVISION: &[u8] = b"auth/revision";
+pub const USER_PREFIX: &[u8] = b"auth/user/";
+pub const ROLE_PREFIX: &[u8] = b"auth/role/";
 
 /// Who a request's credentials name, and the auth revision they stand for (etcd's `AuthInfo`).
 /// The default, an empty name at revision 0, is a request without credentials.

@@ -148,16 +148,10 @@ fn restore_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
         usage @ SnapshotError::Usage(_) => usage,
         other => in_file(&opts.file, other),
     })?;
-    if done.auth_was_enabled {
-        eprintln!(
-            "warning: the snapshot's etcd had authentication enabled; keelson has no \
-             authentication yet, so its users and roles are not restored and every client \
-             can read and write the restored data: restrict access (client TLS) before serving"
-        );
-    }
     Ok(format!(
         "restored snapshot {} into {}: revision {}, compacted revision {}, {} changes, \
-         {} live keys, {} leases; member {:x} of cluster {:x}\n",
+         {} live keys, {} leases; auth {} at auth revision {}, {} users, {} roles; \
+         member {:x} of cluster {:x}\n",
         opts.file.display(),
         data_dir,
         done.revision,
@@ -165,6 +159,14 @@ fn restore_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
         done.changes,
         done.keys,
         done.leases,
+        if done.auth.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        done.auth.revision,
+        done.auth.users,
+        done.auth.roles,
         done.member_id,
         done.cluster_id
     ))

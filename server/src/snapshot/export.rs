@@ -131,16 +131,16 @@ pub fn export(storage: &Storage, out: &mut dyn BackendSink) -> Result<Exported, 
         storage,
         snapshot: storage.db().snapshot(),
     };
-    for bucket in [
-        etcd::BUCKET_ALARM,
-        etcd::BUCKET_AUTH,
-        etcd::BUCKET_AUTH_ROLES,
-        etcd::BUCKET_AUTH_USERS,
+    let auth = read_auth(&view)?;
+    out.begin_bucket(etcd::BUCKET_ALARM)?;
+    for (bucket, pairs) in [
+        (etcd::BUCKET_AUTH, &auth.settings),
+        (etcd::BUCKET_AUTH_ROLES, &auth.roles),
+        (etcd::BUCKET_AUTH_USERS, &auth.users),
     ] {
         out.begin_bucket(bucket)?;
-        if bucket == etcd::BUCKET_AUTH {
-            // What a fresh etcd 3.4 holds: auth disabled (no `authEnabled`), auth revision 1.
-            out.put(etcd::AUTH_REVISION_KEY, &1u64.to_be_bytes())?;
+        for (key, value) in pairs {
+            out.put(key, value)?;
         }
     }
     out.begin_bucket(etcd::BUCKET_CLUSTER)?;
@@ -173,6 +173,84 @@ pub fn export(storage: &Storage, out: &mut dyn BackendSink) -> Result<Exported, 
         revision: view.meta_i64(META_CURRENT_REVISION)?.unwrap_or(1),
         changes,
         leases,
+    })
+}
+
+/// etcd's three auth buckets, each in key order.
+struct AuthBuckets {
+    /// `authEnabled` (when the switch was ever set) and `authRevision`.
+    settings: Vec<(Vec<u8>, Vec<u8>)>,
+    /// User name -> authpb.User (its bcrypt hash in `password`).
+    users: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Role name -> authpb.Role.
+    roles: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The auth store's `auth/` keys in `meta`, as etcd 3.4's buckets. The auth store keeps users
+/// and roles in etcd's own encoding, so their values pass through once checked readable (a
+/// corrupt record fails the export rather than giving etcd a file it cannot load). Auth data is
+/// a few records per user and role, so it is gathered before writing.
+fn read_auth(view: &View<'_>) -> Result<AuthBuckets, SnapshotError> {
+    use crate::auth::{KEY_ENABLED, KEY_REVISION, PREFIX, ROLE_PREFIX, USER_PREFIX};
+    use crate::proto::authpb::{Role, User};
+
+    let mut enabled = None;
+    // A store that never changed auth is at etcd's initial auth revision, 1.
+    let mut revision = 1u64;
+    let (mut users, mut roles) = (Vec::new(), Vec::new());
+    let mut iter = view
+        .storage
+        .db()
+        .raw_iterator_cf_opt(view.storage.cf(CF_META), view.options());
+    iter.seek(PREFIX);
+    while iter.valid() {
+        let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+            break;
+        };
+        if !key.starts_with(PREFIX) {
+            break;
+        }
+        if key == KEY_ENABLED {
+            enabled = Some(value == [1]);
+        } else if key == KEY_REVISION {
+            let raw: [u8; 8] = value
+                .try_into()
+                .map_err(|_| SnapshotError::Store("unreadable auth revision".into()))?;
+            revision = u64::from_be_bytes(raw);
+        } else if let Some(name) = key.strip_prefix(USER_PREFIX) {
+            User::decode(value).map_err(|e| {
+                SnapshotError::Store(format!(
+                    "unreadable user {:?}: {e}",
+                    String::from_utf8_lossy(name)
+                ))
+            })?;
+            users.push((name.to_vec(), value.to_vec()));
+        } else if let Some(name) = key.strip_prefix(ROLE_PREFIX) {
+            Role::decode(value).map_err(|e| {
+                SnapshotError::Store(format!(
+                    "unreadable role {:?}: {e}",
+                    String::from_utf8_lossy(name)
+                ))
+            })?;
+            roles.push((name.to_vec(), value.to_vec()));
+        }
+        iter.next();
+    }
+    iter.status()?;
+    let mut settings = Vec::with_capacity(2);
+    // etcd writes `authEnabled` only once auth was enabled or disabled; a store that never
+    // touched the switch leaves it out too. `authEnabled` sorts before `authRevision`.
+    if let Some(enabled) = enabled {
+        settings.push((etcd::AUTH_ENABLED_KEY.to_vec(), vec![u8::from(enabled)]));
+    }
+    settings.push((
+        etcd::AUTH_REVISION_KEY.to_vec(),
+        revision.to_be_bytes().to_vec(),
+    ));
+    Ok(AuthBuckets {
+        settings,
+        users,
+        roles,
     })
 }
 

@@ -106,3 +106,6 @@ pub fn export_dir(store_dir: &Path) -> std::path::PathBuf {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -43,6 +43,15 @@ pub struct RestoreOptions {
     pub skip_hash_check: bool,
 }
 
+/// The auth state a restore brought in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RestoredAuth {
+    pub enabled: bool,
+    pub revision: u64,
+    pub users: u64,
+    pub roles: u64,
+}
+
 /// What a restore brought in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
@@ -53,8 +62,8 @@ pub struct Restored {
     pub leases: u64,
     pub member_id: u64,
     pub cluster_id: u64,
-    /// etcd had auth enabled: keelson has no auth yet, so its users and roles are not applied.
-    pub auth_was_enabled: bool,
+    /// The file's auth state, now the new data dir's.
+    pub auth: RestoredAuth,
 }
 
 pub fn run(opts: &RestoreOptions) -> Result<Restored, SnapshotError> {
@@ -152,6 +161,7 @@ fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, 
     let (changes, last_main) = load_changes(reader, &storage)?;
     let (finished, scheduled) = read_compaction(reader)?;
     let keys = index_live_keys(&storage, &leases)?;
+    let auth = load_auth(reader, &storage)?;
     let revision = last_main.max(finished).max(scheduled).max(1);
     let mut batch = WriteBatch::default();
     let meta = storage.cf(CF_META);
@@ -176,7 +186,7 @@ fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, 
         leases: leases.len() as u64,
         member_id: ident.member_id,
         cluster_id: ident.cluster_id,
-        auth_was_enabled: auth_enabled(reader)?,
+        auth,
     })
 }
 
@@ -262,18 +272,73 @@ fn read_compaction(reader: &BoltReader) -> Result<(i64, i64), SnapshotError> {
     Ok((finished, scheduled))
 }
 
-/// Whether etcd's `auth` bucket says auth is enabled (`authEnabled` = 1).
-fn auth_enabled(reader: &BoltReader) -> Result<bool, SnapshotError> {
-    let Some(bucket) = reader.bucket(etcd::BUCKET_AUTH)? else {
-        return Ok(false);
+/// etcd's `auth`, `authUsers` and `authRoles` buckets into the auth store's keys in `meta`.
+/// keelson keeps etcd's encodings (see `crate::auth`), so values are carried as they are once
+/// checked: users keep their bcrypt hashes, and the auth revision stays what etcd's was, so a
+/// token etcd issued is no more valid here than there (simple tokens are not carried at all).
+fn load_auth(reader: &BoltReader, storage: &Storage) -> Result<RestoredAuth, SnapshotError> {
+    use crate::auth::{KEY_ENABLED, KEY_REVISION, ROLE_PREFIX, USER_PREFIX};
+    use crate::proto::authpb::{Role, User};
+
+    // A file without an `authRevision` comes from an etcd that never opened its auth store
+    // (which writes one at once): etcd's initial revision.
+    let mut restored = RestoredAuth {
+        revision: 1,
+        ..Default::default()
     };
-    for entry in bucket {
-        let entry = entry?;
-        if entry.key == etcd::AUTH_ENABLED_KEY {
-            return Ok(entry.value == [1]);
+    let meta = storage.cf(CF_META);
+    let mut batch = WriteBatch::default();
+    if let Some(bucket) = reader.bucket(etcd::BUCKET_AUTH)? {
+        for entry in bucket {
+            let entry = entry?;
+            match entry.key.as_slice() {
+                etcd::AUTH_ENABLED_KEY => {
+                    // etcd counts only the byte 1 as enabled; anything else reads as disabled.
+                    restored.enabled = entry.value == [1];
+                    batch.put_cf(meta, KEY_ENABLED, [u8::from(restored.enabled)]);
+                }
+                etcd::AUTH_REVISION_KEY => {
+                    let raw: [u8; 8] = entry.value.as_slice().try_into().map_err(|_| {
+                        SnapshotError::File(format!(
+                            "the auth revision is {} bytes, not 8",
+                            entry.value.len()
+                        ))
+                    })?;
+                    restored.revision = u64::from_be_bytes(raw);
+                    batch.put_cf(meta, KEY_REVISION, raw);
+                }
+                _ => {}
+            }
         }
     }
-    Ok(false)
+    if let Some(bucket) = reader.bucket(etcd::BUCKET_AUTH_USERS)? {
+        for entry in bucket {
+            let entry = entry?;
+            User::decode(entry.value.as_slice()).map_err(|e| {
+                SnapshotError::File(format!(
+                    "unreadable user {:?}: {e}",
+                    String::from_utf8_lossy(&entry.key)
+                ))
+            })?;
+            batch.put_cf(meta, [USER_PREFIX, &entry.key].concat(), &entry.value);
+            restored.users += 1;
+        }
+    }
+    if let Some(bucket) = reader.bucket(etcd::BUCKET_AUTH_ROLES)? {
+        for entry in bucket {
+            let entry = entry?;
+            Role::decode(entry.value.as_slice()).map_err(|e| {
+                SnapshotError::File(format!(
+                    "unreadable role {:?}: {e}",
+                    String::from_utf8_lossy(&entry.key)
+                ))
+            })?;
+            batch.put_cf(meta, [ROLE_PREFIX, &entry.key].concat(), &entry.value);
+            restored.roles += 1;
+        }
+    }
+    storage.write(batch)?;
+    Ok(restored)
 }
 
 /// One pass over `kv` in key order: counts the live keys (newest version a put) and attaches
