@@ -338,6 +338,15 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
     let followers = others(target.cluster, &[leader_index]);
     let pick_follower =
         |rng: &mut Rng| followers[rng.index(followers.len().max(1)) % followers.len().max(1)];
+    // The leader about a third of the time, otherwise a follower: membership faults on the
+    // leader take the paths (self-removal, leadership hand-over) that followers never do.
+    let pick_leader_sometimes = |rng: &mut Rng| {
+        if rng.chance(35) {
+            leader_index
+        } else {
+            pick_follower(rng)
+        }
+    };
     let mut paused = Vec::new();
     match scenario {
         Scenario::KillLeader | Scenario::KillFollower => {
@@ -519,11 +528,7 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
                 format!("client traffic to members {victims:?}: {mode:?} for {held:?}");
         }
         Scenario::WipeRejoin | Scenario::RemoveReadd => {
-            let victim = if rng.chance(35) {
-                leader_index
-            } else {
-                pick_follower(rng)
-            };
+            let victim = pick_leader_sometimes(rng);
             let crash = scenario == Scenario::WipeRejoin;
             report.description = format!(
                 "member {victim} {} its data dir wiped, removed and added again",
@@ -538,11 +543,7 @@ pub async fn inject(scenario: Scenario, target: &mut Target<'_>, rng: &mut Rng) 
             }
         }
         Scenario::LoseDiskJoin | Scenario::LeaveJoin => {
-            let victim = if rng.chance(35) {
-                leader_index
-            } else {
-                pick_follower(rng)
-            };
+            let victim = pick_leader_sometimes(rng);
             let lose_disk = scenario == Scenario::LoseDiskJoin;
             report.description = format!(
                 "member {victim} {}, restarted with --join-seeds",
