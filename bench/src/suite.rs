@@ -138,6 +138,7 @@ const GO_SCENARIOS: &[&str] = &[
     "put-64",
     "range-l-64",
     "range-s-64",
+    "watch-100",
 ];
 /// What the Go load generator's results are labelled with.
 pub const GO_GENERATOR: &str =
@@ -149,6 +150,8 @@ const KEY_SPACE: u64 = 100_000;
 const LIST_KEYS: u64 = 1_000;
 const LIST_PREFIX: &str = "l/";
 const WATCH_PREFIX: &str = "w/";
+/// How long the watch scenario waits for missing events after the last put.
+const WATCH_DRAIN: Duration = Duration::from_secs(5);
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
@@ -477,7 +480,7 @@ impl Scenario {
                     &WatchArgs {
                         watchers,
                         streams,
-                        drain_timeout: Duration::from_secs(5),
+                        drain_timeout: WATCH_DRAIN,
                     },
                 )
                 .await
@@ -508,6 +511,14 @@ async fn run_go(bin: &Path, o: &LoadOpts, mode: Mode) -> Report {
                     Consistency::S => "s",
                 }
                 .into(),
+            ],
+        ),
+        Mode::Watch { watchers, streams } => (
+            "watch",
+            vec![
+                format!("--watchers={watchers}"),
+                format!("--streams={streams}"),
+                format!("--drain-timeout={}ms", WATCH_DRAIN.as_millis()),
             ],
         ),
         other => {
@@ -545,7 +556,7 @@ async fn run_go(bin: &Path, o: &LoadOpts, mode: Mode) -> Report {
         Ok(c) => c,
         Err(e) => return failed(format!("start {}: {e}", bin.display())),
     };
-    let limit = o.duration + o.request_timeout + Duration::from_secs(30);
+    let limit = o.duration + o.request_timeout + WATCH_DRAIN + Duration::from_secs(30);
     let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => return failed(format!("{}: {e}", bin.display())),
