@@ -1763,6 +1763,21 @@ mod tests {
         assert!(!md.contains("3-member"), "{md}");
     }
 
+    /// The line bench/go-load prints is read as a keelson-bench report.
+    #[test]
+    fn a_go_load_line_is_a_report() {
+        let line = r#"{"mode":"put","status":"ok","conns":4,"clients":16,"ops":3488,"elapsed_secs":2.005,"ops_per_sec":1739.35,"unit":"put","latency":{"mean_ms":9.17,"p50_ms":7.293,"p90_ms":20.208,"p99_ms":37.997,"p999_ms":52.876,"max_ms":53.029},"max_stall_ms":43.323,"errors":{"total":1,"kinds":{"Unavailable: etcdserver: request timed out":1}},"counters":{}}"#;
+        let report: Report = serde_json::from_str(line).expect("parses");
+        assert_eq!(report.status, Status::Ok);
+        assert_eq!(report.ops, 3488);
+        assert_eq!(report.max_stall_ms, Some(43.323));
+        assert_eq!(report.server_cpu_us_per_op, None);
+        assert_eq!(report.errors.total, 1);
+        let failed = r#"{"mode":"range-l","status":"failed","detail":"first request: DeadlineExceeded","conns":1,"clients":1,"ops":0,"elapsed_secs":0,"ops_per_sec":0,"unit":"","latency":{"mean_ms":0,"p50_ms":0,"p90_ms":0,"p99_ms":0,"p999_ms":0,"max_ms":0},"errors":{"total":0,"kinds":{}},"counters":{}}"#;
+        let report: Report = serde_json::from_str(failed).expect("parses");
+        assert_eq!(report.status, Status::Failed);
+    }
+
     #[test]
     fn the_next_run_is_predicted_from_the_longest_seen() {
         let budget = Duration::from_secs(240);
