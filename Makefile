@@ -6,7 +6,7 @@ KEELSON_BIN := $(PROFILE_DIR)/keelson
 RUN_ARGS ?=
 
 .PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale \
-	deploy-test chart-test chart-sync image robustness
+	bench-go-deps go-load bench-go deploy-test chart-test chart-sync image robustness
 
 deps:
 	@scripts/install-deps.sh
@@ -101,6 +101,26 @@ bench-build: deps
 bench: test-deps bench-build
 	$(BENCH_BIN) suite --keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
 		--results-dir $(CURDIR)/bench/results $(BENCH_ARGS) </dev/null
+
+## The same single-member scenarios (put-1, put-16, put-64, range-l-64, range-s-64) driven by
+## bench/go-load, a load generator on etcd's own Go client (clientv3 3.4.23 from Debian's
+## golang-etcd-server-dev), built offline in GOPATH mode with Debian's Go; alternating rounds
+## of fresh keelson and etcd, ≤ 13 min; writes bench/results/GO-LATEST.md.
+GO_LOAD_DIR := $(CARGO_TARGET_DIR)/go-load
+GO_LOAD_BIN := $(GO_LOAD_DIR)/go-load
+BENCH_GO_ARGS ?=
+GO_ENV := GO111MODULE=off GOPATH=/usr/share/gocode GOPROXY=off GOFLAGS= GOCACHE=$(GO_LOAD_DIR)/cache
+
+bench-go-deps:
+	@scripts/install-deps.sh --bench-go
+
+go-load: bench-go-deps
+	cd bench/go-load && $(GO_ENV) go vet . && $(GO_ENV) go build -o $(GO_LOAD_BIN) .
+
+bench-go: test-deps bench-build go-load
+	$(BENCH_BIN) suite --load-generator go --go-load-bin $(GO_LOAD_BIN) \
+		--keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
+		--results-dir $(CURDIR)/bench/results $(BENCH_GO_ARGS) </dev/null
 
 ## 1M keys, then 5M when disk, memory and the time bound allow: RSS, disk, LIST latency and
 ## restart-to-first-read for both servers; writes bench/results/SCALE-LATEST.md.

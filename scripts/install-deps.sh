@@ -21,6 +21,11 @@ if [ "${1:-}" = "--test" ]; then
   # hadolint (scripts/install-deploy-tools.sh), systemd-analyze for the unit file.
   packages+=(python3 python3-venv systemd)
 fi
+if [ "${1:-}" = "--bench-go" ]; then
+  # make bench-go: Debian's Go (1.19) builds bench/go-load offline, in GOPATH mode, against
+  # etcd's own client (clientv3 3.4.23) and its dependencies from golang-etcd-server-dev.
+  packages+=(golang-go golang-etcd-server-dev)
+fi
 deploy_tools() {
   if [ "${1:-}" = "--test" ]; then "$(dirname "$0")/install-deploy-tools.sh"; fi
 }

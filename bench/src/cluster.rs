@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use crate::keys;
-use crate::machine::CpuMeter;
-use crate::report::{error_text, ErrorCounts};
+use crate::machine::{process_cpu_seconds, CpuMeter};
+use crate::report::{error_text, ErrorCounts, Report};
 use crate::server::{member_status, Kind, ServerProc};
-use crate::suite::{Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
+use crate::suite::{set_cpu_per_op, Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
 
 pub const CLUSTER_SIZE: usize = 3;
 pub const FAILOVER_SCENARIO: &str = "cluster3-failover";
@@ -126,8 +126,20 @@ pub async fn run_cluster(
     );
     let pids: Vec<u32> = members.iter().filter_map(ServerProc::pid).collect();
     let meter = CpuMeter::start(&pids);
+    let member_pids: Vec<Option<u32>> = members.iter().map(ServerProc::pid).collect();
+    let cpu_of = || -> Vec<Option<f64>> {
+        member_pids
+            .iter()
+            .map(|pid| pid.and_then(|p| process_cpu_seconds(&p.to_string())))
+            .collect()
+    };
     for scenario in list {
-        let report = scenario.run(&endpoints, args.time_scale).await;
+        let leader_before = leader_index(&endpoints).await;
+        let before = cpu_of();
+        let mut report = scenario.run(&endpoints, args.time_scale, None).await;
+        let after = cpu_of();
+        let leader_after = leader_index(&endpoints).await;
+        set_cluster_cpu_per_op(&mut report, &before, &after, leader_before, leader_after);
         eprintln!(
             "[{}] {}",
             run.label(),
@@ -180,6 +192,47 @@ pub async fn run_cluster(
     }
     run.wall_secs = wall.elapsed().as_secs_f64();
     run
+}
+
+/// The index of the member every answering member names as leader, if they agree.
+async fn leader_index(endpoints: &[String]) -> Option<usize> {
+    let mut ids = Vec::with_capacity(endpoints.len());
+    let mut leader = None;
+    for endpoint in endpoints {
+        let (id, named) = member_status(endpoint, STATUS_TIMEOUT).await.ok()?;
+        if named == 0 || leader.is_some_and(|l| l != named) {
+            return None;
+        }
+        leader = Some(named);
+        ids.push(id);
+    }
+    ids.iter().position(|&id| Some(id) == leader)
+}
+
+/// A cluster scenario's server CPU per operation: the leader's when the same member led before
+/// and after it, else the three summed; the three summed is kept as a counter either way.
+fn set_cluster_cpu_per_op(
+    report: &mut Report,
+    before: &[Option<f64>],
+    after: &[Option<f64>],
+    leader_before: Option<usize>,
+    leader_after: Option<usize>,
+) {
+    let sum = |v: &[Option<f64>]| v.iter().copied().sum::<Option<f64>>();
+    set_cpu_per_op(report, sum(before), sum(after));
+    let Some(all) = report.server_cpu_us_per_op else {
+        return;
+    };
+    report.counters.insert(
+        "cpu_us_per_op_3_members".into(),
+        (all * 10.0).round() / 10.0,
+    );
+    match leader_before.filter(|_| leader_before == leader_after) {
+        Some(l) => set_cpu_per_op(report, before[l], after[l]),
+        None => {
+            report.counters.insert("cpu_leader_unknown".into(), 1.0);
+        }
+    }
 }
 
 async fn measure_failovers(members: &mut [ServerProc], planned: usize) -> Failover {

@@ -223,6 +223,10 @@ async fn orchestrate(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Suite { args, json } => {
             let results_dir = args.results_dir.clone();
+            let (name, suffix) = match args.load_generator {
+                suite::LoadGenerator::Rust => ("LATEST", ""),
+                suite::LoadGenerator::Go => ("GO-LATEST", "-go"),
+            };
             let result = suite::run(args).await?;
             let md = suite::markdown(&result);
             let js = serde_json::to_string_pretty(&result).expect("results serialise");
@@ -232,7 +236,7 @@ async fn orchestrate(cmd: Cmd) -> Result<(), String> {
                 println!("{md}");
             }
             if let Some(dir) = results_dir {
-                let path = suite::write_results(&dir, "LATEST", "", &md, &js)?;
+                let path = suite::write_results(&dir, name, suffix, &md, &js)?;
                 eprintln!("suite: wrote {}", path.display());
             }
             if result.runs.iter().any(|r| r.failure.is_some()) {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,13 @@ pub struct Recorder {
     pub hist: Histogram<u64>,
     pub errors: ErrorCounts,
     pub counters: BTreeMap<&'static str, u64>,
+    /// Acknowledgement instants of writes (µs since [`crate::keys::epoch`]), for the stall
+    /// detector: only the write modes fill it, through [`Recorder::ack`].
+    pub acks: Vec<u64>,
 }
+
+/// Acknowledgement instants a write worker has room for before its buffer grows.
+const ACKS_PRESIZED: usize = 16 * 1024;
 
 impl Recorder {
     pub fn new() -> Recorder {
@@ -26,7 +32,27 @@ impl Recorder {
             hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
             errors: ErrorCounts::default(),
             counters: BTreeMap::new(),
+            acks: Vec::new(),
         }
+    }
+
+    /// A recorder for a write worker: its buffer of acknowledgement instants is allocated
+    /// before the clock starts.
+    pub fn for_writes() -> Recorder {
+        let mut rec = Recorder::new();
+        rec.acks.reserve(ACKS_PRESIZED);
+        rec
+    }
+
+    /// An acknowledged write sent at `sent`: its latency, and the instant of its
+    /// acknowledgement for the stall detector.
+    pub fn ack(&mut self, sent: Instant) {
+        let now = Instant::now();
+        self.record(now - sent);
+        self.acks.push(
+            now.saturating_duration_since(crate::keys::epoch())
+                .as_micros() as u64,
+        );
     }
 
     pub fn record(&mut self, latency: Duration) {
@@ -53,7 +79,19 @@ impl Recorder {
         for (name, n) in other.counters {
             *self.counters.entry(name).or_insert(0) += n;
         }
+        self.acks.extend(other.acks);
     }
+}
+
+/// The longest time, in ms, between two consecutive acknowledgements (µs instants, any order)
+/// across every client; `None` with fewer than two.
+pub fn max_stall_ms(acks: &mut [u64]) -> Option<f64> {
+    if acks.len() < 2 {
+        return None;
+    }
+    acks.sort_unstable();
+    let gap = acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    Some(gap as f64 / 1000.0)
 }
 
 impl Default for Recorder {
@@ -137,6 +175,15 @@ pub struct Report {
     /// What one operation is, e.g. "put", "update", "event".
     pub unit: String,
     pub latency: Latency,
+    /// Write modes: the longest gap between two consecutive acknowledged writes, across all
+    /// clients (a server that stops acknowledging for a while shows here even when the
+    /// percentiles hide it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stall_ms: Option<f64>,
+    /// Server CPU time (user + system) per operation in µs, measured by the suite around the
+    /// scenario (for a 3-member cluster: the leader's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
     pub errors: ErrorCounts,
     /// Mode-specific counts: CAS conflicts, puts behind a watch run, ...
     pub counters: BTreeMap<String, f64>,
@@ -148,11 +195,12 @@ impl Report {
         unit: &str,
         conns: usize,
         clients: usize,
-        rec: Recorder,
+        mut rec: Recorder,
         ops: u64,
         elapsed: Duration,
     ) -> Report {
         let secs = elapsed.as_secs_f64();
+        let max_stall_ms = max_stall_ms(&mut rec.acks);
         Report {
             mode: mode.to_string(),
             status: Status::Ok,
@@ -164,6 +212,8 @@ impl Report {
             ops_per_sec: if secs > 0.0 { ops as f64 / secs } else { 0.0 },
             unit: unit.to_string(),
             latency: Latency::from_hist(&rec.hist),
+            max_stall_ms,
+            server_cpu_us_per_op: None,
             errors: rec.errors,
             counters: rec
                 .counters
@@ -191,6 +241,8 @@ impl Report {
             ops_per_sec: 0.0,
             unit: String::new(),
             latency: Latency::default(),
+            max_stall_ms: None,
+            server_cpu_us_per_op: None,
             errors: ErrorCounts::default(),
             counters: BTreeMap::new(),
         }
@@ -238,6 +290,16 @@ impl Report {
             "  latency ms: mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
         );
+        let mut extra = Vec::new();
+        if let Some(ms) = self.max_stall_ms {
+            extra.push(format!("max stall ms {ms:.3}"));
+        }
+        if let Some(us) = self.server_cpu_us_per_op {
+            extra.push(format!("server CPU µs/op {us:.1}"));
+        }
+        if !extra.is_empty() {
+            let _ = writeln!(out, "  {}", extra.join("  "));
+        }
         for (name, value) in &self.counters {
             let _ = writeln!(out, "  {name}: {}", fmt_num(*value));
         }
@@ -306,5 +368,24 @@ mod tests {
         assert!((rep.latency.p50_ms - 50.0).abs() < 0.1);
         assert!((rep.latency.p99_ms - 99.0).abs() < 0.1);
         assert_eq!(rep.errors.total, 1);
+        assert_eq!(rep.max_stall_ms, None);
+    }
+
+    #[test]
+    fn the_longest_gap_between_acks_across_clients() {
+        let mut a = Recorder::for_writes();
+        let mut b = Recorder::for_writes();
+        a.acks.extend([1_000, 3_000, 250_000]);
+        b.acks.extend([2_000, 4_000, 5_000, 260_000]);
+        a.merge(b);
+        // 5 ms -> 250 ms is the longest gap with both clients' acks merged.
+        assert_eq!(max_stall_ms(&mut a.acks), Some(245.0));
+        assert_eq!(max_stall_ms(&mut [7]), None);
+        let t = Instant::now();
+        let mut r = Recorder::for_writes();
+        r.ack(t);
+        r.ack(t);
+        assert_eq!(r.hist.len(), 2);
+        assert_eq!(r.acks.len(), 2);
     }
 }

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
-use crate::machine::{self, CpuMeter, CpuUse, Machine};
+use crate::machine::{self, process_cpu_seconds, CpuMeter, CpuUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
 use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
@@ -107,7 +107,42 @@ pub struct SuiteArgs {
     /// Run only the scenarios whose names contain one of these (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// What drives the load: `rust` (keelson-bench itself, the etcd-client crate) or `go`
+    /// (bench/go-load, built on etcd's own Go client from Debian's sources): then only the
+    /// single-member scenarios in [`GO_SCENARIOS`] run, and the results go to GO-LATEST.md.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub load_generator: LoadGenerator,
+    /// The Go load generator's binary (`make bench-go` builds it).
+    #[arg(long, default_value = "target/go-load/go-load")]
+    pub go_load_bin: PathBuf,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadGenerator {
+    Rust,
+    Go,
+}
+
+impl SuiteArgs {
+    /// The Go load generator's binary when it drives the load.
+    pub fn go_load(&self) -> Option<&Path> {
+        (self.load_generator == LoadGenerator::Go).then_some(self.go_load_bin.as_path())
+    }
+}
+
+/// The scenarios the Go load generator runs (after the setup load, which keelson-bench makes).
+const GO_SCENARIOS: &[&str] = &[
+    "load-100k",
+    "put-1",
+    "put-16",
+    "put-64",
+    "range-l-64",
+    "range-s-64",
+    "watch-100",
+];
+/// What the Go load generator's results are labelled with.
+pub const GO_GENERATOR: &str =
+    "bench/go-load (etcd's Go client, clientv3 3.4.23 from Debian's golang-etcd-server-dev)";
 
 /// The key space of the put, range and CAS scenarios.
 const KEY_SPACE: u64 = 100_000;
@@ -115,6 +150,8 @@ const KEY_SPACE: u64 = 100_000;
 const LIST_KEYS: u64 = 1_000;
 const LIST_PREFIX: &str = "l/";
 const WATCH_PREFIX: &str = "w/";
+/// How long the watch scenario waits for missing events after the last put.
+const WATCH_DRAIN: Duration = Duration::from_secs(5);
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
@@ -205,6 +242,18 @@ fn scenarios() -> Vec<Scenario> {
             1,
             50_000,
             8.0,
+            KEY_SPACE,
+            "",
+            false,
+        ),
+        s(
+            "put-16",
+            "put, 16 clients / 4 conns, 100k keys",
+            Mode::Put,
+            16,
+            4,
+            500_000,
+            6.0,
             KEY_SPACE,
             "",
             false,
@@ -388,8 +437,18 @@ impl Scenario {
         o
     }
 
-    pub(crate) async fn run(&self, endpoints: &[String], time_scale: f64) -> Report {
+    /// Runs the scenario with keelson-bench's own load, or with the Go load generator `go`
+    /// (setup loads always with keelson-bench's).
+    pub(crate) async fn run(
+        &self,
+        endpoints: &[String],
+        time_scale: f64,
+        go: Option<&Path>,
+    ) -> Report {
         let o = self.opts(endpoints, time_scale);
+        if let Some(bin) = go.filter(|_| !self.setup) {
+            return run_go(bin, &o, self.mode).await;
+        }
         match self.mode {
             Mode::Put => workload::put(&o).await,
             Mode::Range(consistency) => {
@@ -421,7 +480,7 @@ impl Scenario {
                     &WatchArgs {
                         watchers,
                         streams,
-                        drain_timeout: Duration::from_secs(5),
+                        drain_timeout: WATCH_DRAIN,
                     },
                 )
                 .await
@@ -435,6 +494,97 @@ impl Scenario {
     fn budget(&self, time_scale: f64) -> Duration {
         let o = self.opts(&[], time_scale);
         o.duration + Duration::from_secs(8)
+    }
+}
+
+/// Runs one scenario with the Go load generator and reads the report it prints as its last
+/// line of JSON (the same fields as keelson-bench's [`Report`]).
+async fn run_go(bin: &Path, o: &LoadOpts, mode: Mode) -> Report {
+    let (name, extra): (&str, Vec<String>) = match mode {
+        Mode::Put => ("put", vec![]),
+        Mode::Range(c) => (
+            "range",
+            vec![
+                "--consistency".into(),
+                match c {
+                    Consistency::L => "l",
+                    Consistency::S => "s",
+                }
+                .into(),
+            ],
+        ),
+        Mode::Watch { watchers, streams } => (
+            "watch",
+            vec![
+                format!("--watchers={watchers}"),
+                format!("--streams={streams}"),
+                format!("--drain-timeout={}ms", WATCH_DRAIN.as_millis()),
+            ],
+        ),
+        other => {
+            return Report::not_run(
+                "go",
+                Status::Unsupported,
+                format!("the Go load generator has no mode for {other:?}"),
+                o.conns,
+                o.clients,
+            )
+        }
+    };
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg(name)
+        .arg(format!("--endpoints={}", o.endpoints.join(",")))
+        .arg(format!("--clients={}", o.clients))
+        .arg(format!("--conns={}", o.conns))
+        .arg(format!("--total={}", o.total))
+        .arg(format!("--duration={}ms", o.duration.as_millis()))
+        .arg(format!(
+            "--request-timeout={}ms",
+            o.request_timeout.as_millis()
+        ))
+        .arg(format!("--key-space-size={}", o.key_space_size))
+        .arg(format!("--key-size={}", o.key_size))
+        .arg(format!("--val-size={}", o.val_size))
+        .arg(format!("--prefix={}", o.prefix))
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let failed = |detail: String| Report::not_run(name, Status::Failed, detail, o.conns, o.clients);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return failed(format!("start {}: {e}", bin.display())),
+    };
+    let limit = o.duration + o.request_timeout + WATCH_DRAIN + Duration::from_secs(30);
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return failed(format!("{}: {e}", bin.display())),
+        Err(_) => {
+            return failed(format!(
+                "{} still running after {limit:?}; killed",
+                bin.display()
+            ))
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+    match last.map(serde_json::from_str::<Report>) {
+        Some(Ok(report)) => report,
+        other => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            failed(format!(
+                "{} exited with {} without a report{}: {}",
+                bin.display(),
+                output.status,
+                match other {
+                    Some(Err(e)) => format!(" ({e})"),
+                    _ => String::new(),
+                },
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ))
+        }
     }
 }
 
@@ -511,6 +661,9 @@ pub struct SuiteResult {
     /// The 3-member scenarios (name, description), the failover last.
     #[serde(default)]
     pub cluster_scenarios: Vec<(String, String)>,
+    /// What drove the load when it was not keelson-bench itself (the Go load generator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_generator: Option<String>,
 }
 
 /// What one server run measures: the single-member scenarios on one member, or the 3-member
@@ -540,11 +693,24 @@ const SINGLE_RUN_ESTIMATE_CAP: Duration = Duration::from_secs(240);
 pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
     let kinds = args.bins.kinds()?;
     args.bins.check(&kinds)?;
-    let selected =
-        |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    let go = args.go_load();
+    if let Some(bin) = go {
+        if !bin.is_file() {
+            return Err(format!(
+                "the Go load generator is not at {} (`make bench-go` builds it; or pass --go-load-bin)",
+                bin.display()
+            ));
+        }
+    }
+    let selected = |name: &str| {
+        (go.is_none() || GO_SCENARIOS.contains(&name))
+            && (args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str())))
+    };
     let single: Vec<Scenario> = scenarios()
         .into_iter()
-        .filter(|s| s.setup || selected(s.name))
+        .filter(|s| {
+            (s.setup && (go.is_none() || GO_SCENARIOS.contains(&s.name))) || selected(s.name)
+        })
         .collect();
     let cluster_list: Vec<Scenario> = cluster_scenarios()
         .into_iter()
@@ -645,6 +811,7 @@ pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
             Vec::new()
         },
         cluster_scenarios: cluster_described,
+        load_generator: go.map(|_| GO_GENERATOR.to_string()),
     };
     // The longest run seen so far of each size, to predict whether the next one fits.
     let mut longest_single = Duration::ZERO;
@@ -730,8 +897,14 @@ async fn run_server(
         server.pid()
     );
     let meter = CpuMeter::start(server.pid().as_slice());
+    let pid = server.pid();
+    let cpu_of = move || pid.and_then(|p| process_cpu_seconds(&p.to_string()));
     for scenario in list {
-        let report = scenario.run(&[server.endpoint()], args.time_scale).await;
+        let before = cpu_of();
+        let mut report = scenario
+            .run(&[server.endpoint()], args.time_scale, args.go_load())
+            .await;
+        set_cpu_per_op(&mut report, before, cpu_of());
         eprintln!(
             "[{} r{}] {}",
             kind.name(),
@@ -758,6 +931,16 @@ async fn run_server(
     run
 }
 
+/// Sets the server CPU per operation of a completed scenario from the server's CPU seconds
+/// read just before and just after it.
+pub(crate) fn set_cpu_per_op(report: &mut Report, before: Option<f64>, after: Option<f64>) {
+    if let (Status::Ok, Some(b), Some(a)) = (report.status, before, after) {
+        if report.ops > 0 {
+            report.server_cpu_us_per_op = Some((a - b).max(0.0) * 1e6 / report.ops as f64);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Summary
 
@@ -780,6 +963,10 @@ struct Cell {
     p50: Option<f64>,
     p99: Option<f64>,
     p999: Option<f64>,
+    /// Write scenarios: the longest gap between two acknowledged writes, ms.
+    stall: Option<f64>,
+    /// Server CPU µs per operation.
+    cpu: Option<f64>,
     errors: u64,
     runs_ok: usize,
     unsupported: Option<String>,
@@ -829,6 +1016,8 @@ fn cell(result: &SuiteResult, kind: Kind, members: usize, scenario: &str) -> Cel
         p50: median(ok.iter().map(|r| r.latency.p50_ms).collect()),
         p99: median(ok.iter().map(|r| r.latency.p99_ms).collect()),
         p999: median(ok.iter().map(|r| r.latency.p999_ms).collect()),
+        stall: median(ok.iter().filter_map(|r| r.max_stall_ms).collect()),
+        cpu: median(ok.iter().filter_map(|r| r.server_cpu_us_per_op).collect()),
         errors: reports.iter().map(|r| r.errors.total).sum(),
         runs_ok: ok.len(),
         unsupported: reports
@@ -873,6 +1062,11 @@ fn scenario_groups(result: &SuiteResult) -> [(usize, &[(String, String)]); 2] {
     ]
 }
 
+/// What the stall and CPU columns of the medians tables are.
+const COLUMNS_NOTE: &str = "Max stall (write scenarios): the longest time, in ms, between two \
+    consecutive acknowledged writes over all clients. CPU µs/op: the server's CPU time (user + \
+    system, from /proc) during the scenario divided by its operations.";
+
 /// The table of medians (throughput, latencies, ratios) of `names`, measured on `members`.
 fn medians_table(
     out: &mut String,
@@ -881,10 +1075,10 @@ fn medians_table(
     names: &[(String, String)],
 ) {
     let (k, e) = (Kind::Keelson, Kind::Etcd);
-    let _ = writeln!(out, "| scenario | unit/s | keelson | etcd | ratio ↑ | p50 keelson | p50 etcd | p99 keelson | p99 etcd | p99 ratio ↓ | p99.9 keelson | p99.9 etcd | errors keelson / etcd |");
+    let _ = writeln!(out, "| scenario | unit/s | keelson | etcd | ratio ↑ | p50 keelson | p50 etcd | p99 keelson | p99 etcd | p99 ratio ↓ | p99.9 keelson | p99.9 etcd | max stall keelson | max stall etcd | CPU µs/op keelson | CPU µs/op etcd | errors keelson / etcd |");
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for (name, _) in names {
         if name == FAILOVER_SCENARIO {
@@ -911,7 +1105,7 @@ fn medians_table(
         };
         let _ = writeln!(
             out,
-            "| {name} | {unit}s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {name} | {unit}s | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             show(&a, a.ops),
             show(&b, b.ops),
             ratio(a.ops, b.ops),
@@ -922,6 +1116,10 @@ fn medians_table(
             ratio(a.p99, b.p99),
             show(&a, a.p999),
             show(&b, b.p999),
+            show(&a, a.stall),
+            show(&b, b.stall),
+            show(&a, a.cpu),
+            show(&b, b.cpu),
             a.errors,
             b.errors,
         );
@@ -973,7 +1171,9 @@ fn cluster_section(out: &mut String, result: &SuiteResult) {
          the three, `--initial-cluster-state new`, default heartbeat and election timeouts, fsync on), \
          fresh data dirs; every client knows the three endpoints. The three members and the load \
          generator share the machine's {} cores. Throughput ratio = keelson / etcd: **higher is better \
-         for keelson**; latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms.\n",
+         for keelson**; latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms. \
+         {COLUMNS_NOTE} For a cluster, CPU µs/op is the leader's (all three summed is under \
+         \"Scenario details\" as `cpu_us_per_op_3_members`).\n",
         result.machine.cores
     );
     medians_table(out, result, CLUSTER_SIZE, &result.cluster_scenarios);
@@ -1121,7 +1321,21 @@ pub fn markdown(result: &SuiteResult) -> String {
         "<!-- keelson-bench run: {} -->",
         machine::file_stamp(&m.date_utc)
     );
-    let _ = writeln!(out, "# keelson vs etcd: `make bench`\n");
+    match &result.load_generator {
+        None => {
+            let _ = writeln!(out, "# keelson vs etcd: `make bench`\n");
+        }
+        Some(generator) => {
+            let _ = writeln!(
+                out,
+                "# keelson vs etcd, load from etcd's Go client: `make bench-go`\n"
+            );
+            let _ = writeln!(
+                out,
+                "- load generator: {generator}; the setup load by keelson-bench"
+            );
+        }
+    }
     let _ = writeln!(out, "- date: {}", m.date_utc);
     let _ = writeln!(
         out,
@@ -1176,7 +1390,7 @@ pub fn markdown(result: &SuiteResult) -> String {
     }
     if !result.scenarios.is_empty() {
         let _ = writeln!(out, "## Medians over the rounds (one member)\n");
-        let _ = writeln!(out, "Throughput ratio = keelson / etcd: **higher is better for keelson**. Latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms.\n");
+        let _ = writeln!(out, "Throughput ratio = keelson / etcd: **higher is better for keelson**. Latency ratio = keelson / etcd: **lower is better for keelson**. Latencies in ms. {COLUMNS_NOTE}\n");
         medians_table(&mut out, result, 1, &result.scenarios);
         // Server-level rows.
         let rss = |kind: Kind| {
@@ -1508,6 +1722,7 @@ mod tests {
                 ("cluster3-put-64".into(), "put".into()),
                 (FAILOVER_SCENARIO.into(), "failover".into()),
             ],
+            load_generator: None,
         };
         let md = markdown(&result);
         assert!(md.contains("## 3-member clusters"), "{md}");
@@ -1546,6 +1761,21 @@ mod tests {
         let md = markdown(&result);
         assert!(md.contains("| put-64 |"), "{md}");
         assert!(!md.contains("3-member"), "{md}");
+    }
+
+    /// The line bench/go-load prints is read as a keelson-bench report.
+    #[test]
+    fn a_go_load_line_is_a_report() {
+        let line = r#"{"mode":"put","status":"ok","conns":4,"clients":16,"ops":3488,"elapsed_secs":2.005,"ops_per_sec":1739.35,"unit":"put","latency":{"mean_ms":9.17,"p50_ms":7.293,"p90_ms":20.208,"p99_ms":37.997,"p999_ms":52.876,"max_ms":53.029},"max_stall_ms":43.323,"errors":{"total":1,"kinds":{"Unavailable: etcdserver: request timed out":1}},"counters":{}}"#;
+        let report: Report = serde_json::from_str(line).expect("parses");
+        assert_eq!(report.status, Status::Ok);
+        assert_eq!(report.ops, 3488);
+        assert_eq!(report.max_stall_ms, Some(43.323));
+        assert_eq!(report.server_cpu_us_per_op, None);
+        assert_eq!(report.errors.total, 1);
+        let failed = r#"{"mode":"range-l","status":"failed","detail":"first request: DeadlineExceeded","conns":1,"clients":1,"ops":0,"elapsed_secs":0,"ops_per_sec":0,"unit":"","latency":{"mean_ms":0,"p50_ms":0,"p90_ms":0,"p99_ms":0,"p999_ms":0,"max_ms":0},"errors":{"total":0,"kinds":{}},"counters":{}}"#;
+        let report: Report = serde_json::from_str(failed).expect("parses");
+        assert_eq!(report.status, Status::Failed);
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub async fn put(opts: &LoadOpts) -> Report {
         let mut kv = clients[w % clients.len()].kv_client();
         let (pacer, keys, opts) = (pacer.clone(), keys.clone(), opts.clone());
         async move {
-            let mut rec = Recorder::new();
+            let mut rec = Recorder::for_writes();
             let mut picker = KeyPicker::new(&opts, w);
             while let Some(i) = pacer.next().await {
                 let key = keys.key(picker.pick(i));
@@ -230,7 +230,7 @@ pub async fn put(opts: &LoadOpts) -> Report {
                 )
                 .await
                 {
-                    Ok(_) => rec.record(t.elapsed()),
+                    Ok(_) => rec.ack(t),
                     Err(e) => rec.error(e),
                 }
             }
@@ -342,7 +342,7 @@ pub async fn txn_put(opts: &LoadOpts, args: &TxnPutArgs) -> Report {
             args.txn_ops as u64,
         );
         async move {
-            let mut rec = Recorder::new();
+            let mut rec = Recorder::for_writes();
             let mut picker = KeyPicker::new(&opts, w);
             while let Some(i) = pacer.next().await {
                 let base = picker.pick(i * n);
@@ -357,7 +357,7 @@ pub async fn txn_put(opts: &LoadOpts, args: &TxnPutArgs) -> Report {
                     .collect();
                 let t = Instant::now();
                 match bounded(opts.request_timeout, kv.txn(Txn::new().and_then(ops))).await {
-                    Ok(_) => rec.record(t.elapsed()),
+                    Ok(_) => rec.ack(t),
                     Err(e) => rec.error(e),
                 }
             }
@@ -389,7 +389,7 @@ pub async fn cas(opts: &LoadOpts, args: &CasArgs) -> Report {
         let (pacer, keys, opts, max_retries) =
             (pacer.clone(), keys.clone(), opts.clone(), args.max_retries);
         async move {
-            let mut rec = Recorder::new();
+            let mut rec = Recorder::for_writes();
             let mut picker = KeyPicker::new(&opts, w);
             'ops: while let Some(i) = pacer.next().await {
                 let key = keys.key(picker.pick(i));
@@ -419,7 +419,7 @@ pub async fn cas(opts: &LoadOpts, args: &CasArgs) -> Report {
                     rec.count("txns", 1);
                     match bounded(opts.request_timeout, kv.txn(txn)).await {
                         Ok(resp) if resp.succeeded() => {
-                            rec.record(t.elapsed());
+                            rec.ack(t);
                             continue 'ops;
                         }
                         Ok(resp) => {
@@ -474,7 +474,7 @@ pub async fn load_keys(opts: &LoadOpts, args: &LoadKeysArgs) -> Report {
         let mut kv = clients[w % clients.len()].kv_client();
         let (pacer, keys, opts) = (pacer.clone(), keys.clone(), opts.clone());
         async move {
-            let mut rec = Recorder::new();
+            let mut rec = Recorder::for_writes();
             while let Some(c) = pacer.next().await {
                 let first = c * per_txn;
                 let last = (first + per_txn).min(n_keys);
@@ -484,7 +484,7 @@ pub async fn load_keys(opts: &LoadOpts, args: &LoadKeysArgs) -> Report {
                 let t = Instant::now();
                 match bounded(opts.request_timeout, kv.txn(Txn::new().and_then(ops))).await {
                     Ok(_) => {
-                        rec.record(t.elapsed());
+                        rec.ack(t);
                         rec.count("keys_written", last - first);
                     }
                     Err(e) => rec.error(e),
