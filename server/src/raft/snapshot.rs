@@ -25,6 +25,14 @@ pub struct SnapshotData {
     pub dir: PathBuf,
 }
 
+impl SnapshotData {
+    /// The data of a snapshot that only records a point in the log (see
+    /// `StateMachine::try_create_snapshot_builder`); openraft keeps its metadata only.
+    pub fn not_materialised() -> Self {
+        Self { dir: PathBuf::new() }
+    }
+}
+
 pub struct SnapshotStore {
     root: PathBuf,
 }
