@@ -48,7 +48,7 @@ fn execute_put(txn: &mut WriteTxn<'_>, req: &PutRequest) -> EtcdResult<PutRespon
         (Some(prev), true) => prev.lease,
         _ => req.lease,
     };
-    let prev = txn.put(req.key.clone(), value, lease)?;
+    let prev = txn.put(req.key.clone(), value, lease, existing);
     Ok(PutResponse {
         header: header(txn.revision()),
         prev_kv: if req.prev_kv { prev } else { None },

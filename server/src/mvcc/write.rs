@@ -32,7 +32,11 @@ pub struct WriteTxn<'s> {
 /// A finished entry, ready for `MvccStore::commit`.
 pub struct FinishedTxn {
     pub batch: WriteBatch,
+    /// The revision the entry started from.
+    pub begin: i64,
     pub change: Option<CommittedChange>,
+    /// The newest version of every key the entry wrote (`None`: deleted).
+    pub written: BTreeMap<Bytes, Option<KeyValue>>,
     pub compaction: Option<i64>,
     pub keys_delta: i64,
 }
@@ -78,7 +82,7 @@ impl<'s> WriteTxn<'s> {
         if let Some(change) = self.overlay.get(key) {
             return Ok(change.clone());
         }
-        self.store.get(key, self.begin)
+        self.store.get_for_write(key, self.begin)
     }
 
     fn next_revision(&mut self) -> Revision {
@@ -87,9 +91,14 @@ impl<'s> WriteTxn<'s> {
         rev
     }
 
-    /// Writes a new version of `key`; returns the version it replaces.
-    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> EtcdResult<Option<KeyValue>> {
-        let prev = self.latest(&key)?;
+    /// Writes a new version of `key` over `prev`, its newest version (`latest`); returns it.
+    pub fn put(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+        lease: i64,
+        prev: Option<KeyValue>,
+    ) -> Option<KeyValue> {
         let rev = self.next_revision();
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
@@ -120,7 +129,7 @@ impl<'s> WriteTxn<'s> {
             kv: Some(kv),
             prev_kv: prev.clone(),
         });
-        Ok(prev)
+        prev
     }
 
     /// Deletes every live key in `range`; returns the deleted pairs in key order.
@@ -186,7 +195,9 @@ impl<'s> WriteTxn<'s> {
         });
         FinishedTxn {
             batch: self.batch,
+            begin: self.begin,
             change,
+            written: self.overlay,
             compaction: self.compaction,
             keys_delta: self.keys_delta,
         }

@@ -1,0 +1,199 @@
+//! The newest version of recently written keys, so that a put finds the version it replaces
+//! without a seek across RocksDB's sorted runs: that seek was the largest single cost of a put
+//! (bench/results/perf-push-2.md). Bounded in bytes, so memory does not grow with the data.
+//!
+//! It describes the store at exactly one revision. Only the applier changes it, in
+//! `MvccStore::commit` from the entry's own changes, before the new revision is published;
+//! and it answers only a transaction that starts at that same revision. Anything else (a
+//! reader at an older revision, a store reloaded from a snapshot) misses and reads RocksDB.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+use lru::LruCache;
+
+use crate::proto::mvccpb::KeyValue;
+
+/// Bytes a cached entry costs beyond its key and value (map slot, list links, KeyValue).
+const ENTRY_OVERHEAD: usize = 128;
+
+pub struct LatestVersions {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// The store revision the entries describe.
+    revision: i64,
+    /// `None`: the key has no live version at `revision`.
+    entries: LruCache<Bytes, Option<KeyValue>, RandomState>,
+    bytes: usize,
+    budget: usize,
+}
+
+fn cost(key: &Bytes, version: &Option<KeyValue>) -> usize {
+    key.len() + version.as_ref().map_or(0, |kv| kv.value.len()) + ENTRY_OVERHEAD
+}
+
+impl LatestVersions {
+    pub fn new(revision: i64, budget: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                revision,
+                entries: LruCache::unbounded_with_hasher(RandomState::default()),
+                bytes: 0,
+                budget,
+            }),
+        }
+    }
+
+    /// The newest version of `key` at `revision`, if known: `Some(None)` means no live one.
+    pub fn get(&self, key: &Bytes, revision: i64) -> Option<Option<KeyValue>> {
+        let mut inner = self.inner.lock().ok()?;
+        if inner.revision != revision {
+            return None;
+        }
+        inner.entries.get(key).cloned()
+    }
+
+    /// Remembers what a read at `revision` found, if the cache still describes that revision.
+    pub fn fill(&self, key: &Bytes, revision: i64, version: &Option<KeyValue>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.revision == revision {
+                inner.insert(key.clone(), version.clone());
+            }
+        }
+    }
+
+    /// Moves the cache from `from` to `to` with the changes that entry made. A cache that did
+    /// not describe `from` cannot be brought up to date and starts over.
+    pub fn advance(
+        &self,
+        from: i64,
+        to: i64,
+        changes: impl IntoIterator<Item = (Bytes, Option<KeyValue>)>,
+    ) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if inner.revision != from {
+            inner.clear();
+            inner.revision = to;
+            return;
+        }
+        inner.revision = to;
+        for (key, version) in changes {
+            inner.insert(key, version);
+        }
+    }
+
+    /// Forgets everything: the store underneath was replaced and is now at `revision`.
+    pub fn reset(&self, revision: i64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.clear();
+            inner.revision = revision;
+        }
+    }
+}
+
+impl Inner {
+    fn insert(&mut self, key: Bytes, version: Option<KeyValue>) {
+        let added = cost(&key, &version);
+        if added > self.budget {
+            if let Some(old) = self.entries.pop(&key) {
+                self.bytes -= cost(&key, &old);
+            }
+            return;
+        }
+        if let Some((old_key, old)) = self.entries.push(key, version) {
+            // `push` hands back the replaced value of the same key (or an evicted entry,
+            // which cannot happen in an unbounded map).
+            self.bytes -= cost(&old_key, &old);
+        }
+        self.bytes += added;
+        while self.bytes > self.budget {
+            match self.entries.pop_lru() {
+                Some((k, v)) => self.bytes -= cost(&k, &v),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, rev: i64) -> Option<KeyValue> {
+        Some(KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+            mod_revision: rev,
+            create_revision: rev,
+            version: 1,
+            lease: 0,
+        })
+    }
+
+    fn key(k: &str) -> Bytes {
+        Bytes::copy_from_slice(k.as_bytes())
+    }
+
+    #[test]
+    fn answers_only_at_the_revision_it_describes() {
+        let cache = LatestVersions::new(5, 1 << 20);
+        cache.fill(&key("a"), 5, &kv("a", "1", 3));
+        assert_eq!(cache.get(&key("a"), 5), Some(kv("a", "1", 3)));
+        assert_eq!(cache.get(&key("a"), 4), None, "a reader at another revision misses");
+        cache.advance(5, 6, [(key("a"), None)]);
+        assert_eq!(cache.get(&key("a"), 6), Some(None), "deleted at 6");
+        assert_eq!(cache.get(&key("a"), 5), None);
+        cache.fill(&key("b"), 5, &kv("b", "old", 2));
+        assert_eq!(cache.get(&key("b"), 6), None, "a fill for a past revision is dropped");
+    }
+
+    #[test]
+    fn a_gap_in_revisions_empties_the_cache() {
+        let cache = LatestVersions::new(5, 1 << 20);
+        cache.fill(&key("a"), 5, &kv("a", "1", 3));
+        cache.advance(7, 8, [(key("b"), kv("b", "2", 8))]);
+        assert_eq!(cache.get(&key("a"), 8), None);
+        assert_eq!(cache.get(&key("b"), 8), None);
+        cache.reset(9);
+        cache.fill(&key("c"), 9, &None);
+        assert_eq!(cache.get(&key("c"), 9), Some(None));
+    }
+
+    #[test]
+    fn stays_within_its_budget_evicting_the_least_recent() {
+        let budget = 10 * (ENTRY_OVERHEAD + 2 + 100);
+        let cache = LatestVersions::new(1, budget);
+        let value = "v".repeat(100);
+        for i in 0..50 {
+            let k = format!("k{i:01}");
+            cache.fill(&key(&k), 1, &kv(&k, &value, 1));
+            cache.get(&key("k0"), 1);
+        }
+        let inner = cache.inner.lock().expect("lock");
+        assert!(inner.bytes <= budget, "{} bytes over {budget}", inner.bytes);
+        assert!(inner.entries.len() <= 10);
+        assert!(inner.entries.contains(&key("k0")), "recently read entries stay");
+        assert!(!inner.entries.contains(&key("k1")), "old entries go");
+    }
+
+    #[test]
+    fn replacing_a_key_accounts_its_bytes_once() {
+        let cache = LatestVersions::new(1, 1 << 20);
+        for rev in 2..100 {
+            cache.advance(rev - 1, rev, [(key("a"), kv("a", "xyz", rev))]);
+        }
+        let inner = cache.inner.lock().expect("lock");
+        assert_eq!(inner.entries.len(), 1);
+        assert_eq!(inner.bytes, 1 + 3 + ENTRY_OVERHEAD);
+    }
+}
