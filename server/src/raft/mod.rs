@@ -202,6 +202,7 @@ impl RaftNode {
             SnapshotStore::new(settings.snapshot_dir.clone())?,
             cluster.clone(),
         )?;
+        let checkpoint_on_demand = state_machine.checkpoint_on_demand();
         let config = raft_config(&settings)?;
         let raft = Raft::new(
             settings.member_id,
@@ -212,6 +213,7 @@ impl RaftNode {
         )
         .await
         .map_err(|e| RaftStartError::Raft(e.to_string()))?;
+        checkpoint_on_demand.store(true, std::sync::atomic::Ordering::Release);
         let initialized = raft
             .is_initialized()
             .await

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, Stream, StreamExt};
@@ -40,6 +41,10 @@ pub struct StateMachine {
     snapshots: Arc<SnapshotStore>,
     applied: Arc<Mutex<AppliedState>>,
     cluster: Arc<ClusterState>,
+    /// Set once raft runs: from then on a snapshot asked for is checkpointed if stale.
+    /// openraft also asks while it starts, only to learn the snapshot's metadata, and a
+    /// checkpoint (a flush of every memtable) there would only slow the start down.
+    checkpoint_on_demand: Arc<AtomicBool>,
 }
 
 impl StateMachine {
@@ -75,7 +80,14 @@ impl StateMachine {
             snapshots,
             applied: Arc::new(Mutex::new(applied)),
             cluster,
+            checkpoint_on_demand: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The switch that makes `get_current_snapshot` checkpoint a stale snapshot; the raft
+    /// node turns it on once openraft has started.
+    pub fn checkpoint_on_demand(&self) -> Arc<AtomicBool> {
+        self.checkpoint_on_demand.clone()
     }
 
     fn storage(&self) -> &Arc<Storage> {
@@ -337,7 +349,7 @@ impl StateMachine {
     fn checkpoint_of_applied_state(&self) -> io::Result<Option<RaftSnapshot>> {
         let state = self.applied_state_now();
         let current = self.snapshots.current()?;
-        if state.last_applied.is_none() {
+        if state.last_applied.is_none() || !self.checkpoint_on_demand.load(Ordering::Acquire) {
             return Ok(current.map(|(meta, snapshot)| Snapshot { meta, snapshot }));
         }
         if let Some((meta, snapshot)) = current {

@@ -41,6 +41,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         let cluster = Arc::new(ClusterState::new(1, 1, Arc::new(PeerFaults::default())));
         let state_machine =
             StateMachine::open(applier, snapshots, cluster).map_err(storage_error)?;
+        // As in a running node (RaftNode::start): the suite asks for snapshots as replication
+        // does, and expects them to match what was built.
+        state_machine
+            .checkpoint_on_demand()
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok((dir, LogStore::new(storage, syncer), state_machine))
     }
 }
