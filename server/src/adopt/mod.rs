@@ -17,9 +17,10 @@
 //! carried over exactly is a refusal that names the entry or file; nothing is dropped silently.
 
 pub mod entries;
+pub mod snap;
 pub mod wal;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -256,7 +257,8 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
             )));
         }
     }
-    let members = membership(&reader, &log.entries, &shown)?;
+    let snap_dir = files.db.parent().unwrap_or(data_dir);
+    let members = membership(&reader, snap_dir, &log.entries, &shown)?;
     let me = single_member(&members, metadata.node_id, config).map_err(&refused)?;
 
     crate::storage::ownership::claim(dir, None).map_err(|e| refused(e.to_string()))?;
@@ -296,11 +298,15 @@ fn current_revision(storage: &Storage) -> Result<i64, String> {
     Ok(i64::from_be_bytes(raw))
 }
 
+/// The index of the last entry the bbolt file holds. etcd reads a missing one as 0 (a file
+/// killed before its first commit): then the whole log is replayed.
 fn read_consistent_index(reader: &BoltReader) -> Result<u64, String> {
-    let meta = reader
+    let Some(meta) = reader
         .bucket(etcd_format::BUCKET_META)
         .map_err(|e| e.to_string())?
-        .ok_or("the bbolt file has no meta bucket")?;
+    else {
+        return Ok(0);
+    };
     for entry in meta {
         let entry = entry.map_err(|e| e.to_string())?;
         if entry.key == etcd_format::META_CONSISTENT_INDEX {
@@ -312,22 +318,32 @@ fn read_consistent_index(reader: &BoltReader) -> Result<u64, String> {
             return Ok(u64::from_be_bytes(raw));
         }
     }
-    Err("the bbolt file has no consistent index".into())
+    Ok(0)
 }
 
-/// The members at the end of the log: the `members` bucket, then every membership change and
-/// every published name and client URLs in the log, in order (applying one again is harmless,
-/// which covers those the bucket already holds).
+/// The members at the end of the log.
+#[derive(Debug, Default)]
+struct Membership {
+    /// Who is a member: the newest raft snapshot's configuration, then the log's changes after
+    /// it (or all of the log's changes, when etcd took no snapshot yet).
+    voters: BTreeSet<u64>,
+    learners: BTreeSet<u64>,
+    /// Names and URLs, from every source there is: the `members` bucket, then the log's
+    /// membership changes and publishes, in order.
+    details: BTreeMap<u64, EtcdMember>,
+}
+
 fn membership(
     reader: &BoltReader,
+    snap_dir: &Path,
     log: &[wal::Entry],
     shown: &str,
-) -> Result<BTreeMap<u64, EtcdMember>, AdoptError> {
+) -> Result<Membership, AdoptError> {
     let refused = |problem: String| AdoptError::Refused {
         dir: shown.to_string(),
         problem,
     };
-    let mut members = BTreeMap::new();
+    let mut members = Membership::default();
     if let Some(bucket) = reader
         .bucket(etcd_format::BUCKET_MEMBERS)
         .map_err(|e| refused(e.to_string()))?
@@ -339,9 +355,19 @@ fn membership(
                 .map_err(|_| refused(format!("the members bucket has the key {key:?}")))?;
             let member: EtcdMember = serde_json::from_slice(&entry.value)
                 .map_err(|e| refused(format!("unreadable member {key}: {e}")))?;
-            members.insert(id, member);
+            members.details.insert(id, member);
         }
     }
+    let snapshot = snap::newest(snap_dir).map_err(&refused)?;
+    let changes_after = match &snapshot {
+        Some(snap) => {
+            members.voters = snap.voters.iter().copied().collect();
+            members.learners = snap.learners.iter().copied().collect();
+            snap.index
+        }
+        None => 0,
+    };
+    let mut any_change = snapshot.is_some();
     for entry in log {
         let bad = |what: String| AdoptError::Entry {
             dir: shown.to_string(),
@@ -353,69 +379,113 @@ fn membership(
             ENTRY_CONF_CHANGE => {
                 let change = ConfChange::decode(entry.data.as_slice())
                     .map_err(|e| bad(format!("an unreadable membership change ({e})")))?;
-                match change.kind {
-                    CONF_ADD_NODE | CONF_ADD_LEARNER | CONF_UPDATE_NODE => {
-                        let mut member: EtcdMember = serde_json::from_slice(&change.context)
-                            .map_err(|e| bad(format!("a membership change with an unreadable member ({e})")))?;
-                        if let Some(known) = members.get(&change.node_id) {
-                            // An update changes the peer URLs only; the rest stays as published.
-                            if change.kind == CONF_UPDATE_NODE {
-                                let peer_urls = member.peer_urls;
-                                member = EtcdMember {
-                                    peer_urls,
-                                    ..known.clone()
-                                };
-                            } else if member.name.is_empty() {
-                                member.name = known.name.clone();
-                                member.client_urls = known.client_urls.clone();
-                            }
-                        }
-                        members.insert(change.node_id, member);
-                    }
-                    CONF_REMOVE_NODE => {
-                        members.remove(&change.node_id);
-                    }
-                    other => return Err(bad(format!("a membership change of unknown type {other}"))),
-                }
+                let counts = entry.index > changes_after;
+                any_change |= counts;
+                members.apply_change(&change, counts).map_err(bad)?;
             }
             ENTRY_NORMAL => {
                 if let Ok(Action::MemberAttributes { id, attributes }) =
                     entries::decode(&entry.data, &|_| String::new())
                 {
-                    if let Some(member) = members.get_mut(&id) {
+                    if let Some(member) = members.details.get_mut(&id) {
                         member.name = attributes.name;
                         member.client_urls = attributes.client_urls;
                     }
                 }
             }
-            other => return Err(bad(format!("of entry type {other} (etcd 3.5's joint consensus), which etcd 3.4 does not write"))),
+            other => {
+                return Err(bad(format!(
+                    "of entry type {other} (etcd 3.5's joint consensus), which etcd 3.4 does not write"
+                )))
+            }
+        }
+    }
+    if !any_change {
+        // Neither a snapshot nor a membership change in the log: only the bucket knows.
+        for (id, member) in &members.details {
+            if member.is_learner {
+                members.learners.insert(*id);
+            } else {
+                members.voters.insert(*id);
+            }
         }
     }
     Ok(members)
+}
+
+impl Membership {
+    /// One membership change; `counts`: it is newer than the snapshot, so it changes who is a
+    /// member (older ones only tell names and URLs).
+    fn apply_change(&mut self, change: &ConfChange, counts: bool) -> Result<(), String> {
+        let id = change.node_id;
+        match change.kind {
+            CONF_ADD_NODE | CONF_ADD_LEARNER | CONF_UPDATE_NODE => {
+                let mut member: EtcdMember = serde_json::from_slice(&change.context).map_err(|e| {
+                    format!("a membership change with an unreadable member ({e})")
+                })?;
+                if let Some(known) = self.details.get(&id) {
+                    if member.name.is_empty() {
+                        member.name = known.name.clone();
+                        member.client_urls = known.client_urls.clone();
+                    }
+                }
+                self.details.insert(id, member);
+                if counts {
+                    match change.kind {
+                        CONF_ADD_NODE => {
+                            self.learners.remove(&id);
+                            self.voters.insert(id);
+                        }
+                        CONF_ADD_LEARNER => {
+                            self.learners.insert(id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            CONF_REMOVE_NODE => {
+                if counts {
+                    self.voters.remove(&id);
+                    self.learners.remove(&id);
+                }
+            }
+            other => return Err(format!("a membership change of unknown type {other}")),
+        }
+        Ok(())
+    }
 }
 
 /// This member, when it is the only one. A member of a larger cluster is refused: which of its
 /// log's last entries the cluster committed is known only to the cluster, and the other members
 /// would have to move to keelson at the same log position.
 fn single_member(
-    members: &BTreeMap<u64, EtcdMember>,
+    members: &Membership,
     member_id: u64,
     config: &Config,
 ) -> Result<MemberNode, String> {
-    if members.len() > 1 || members.values().any(|m| m.is_learner) {
-        let names: Vec<String> = members
+    let all: BTreeSet<u64> = members.voters.union(&members.learners).copied().collect();
+    if all.len() > 1 || !members.learners.is_empty() {
+        let names: Vec<String> = all
             .iter()
-            .map(|(id, m)| format!("{id:x} ({})", m.name))
+            .map(|id| {
+                let name = members.details.get(id).map_or("", |m| m.name.as_str());
+                format!("{id:x} ({name})")
+            })
             .collect();
         return Err(format!(
             "it belongs to a cluster of {} members ({}); keelson adopts the data dir of a \
              single-member cluster only. For a larger cluster, migrate with a snapshot",
-            members.len(),
+            all.len(),
             names.join(", ")
         ));
     }
-    match members.get(&member_id) {
-        Some(m) => Ok(MemberNode {
+    if !all.contains(&member_id) {
+        return Err(format!(
+            "its log was written by member {member_id:x}, which is not a member of its cluster"
+        ));
+    }
+    Ok(match members.details.get(&member_id) {
+        Some(m) => MemberNode {
             name: if m.name.is_empty() {
                 config.name.clone()
             } else {
@@ -423,20 +493,14 @@ fn single_member(
             },
             peer_urls: m.peer_urls.clone(),
             client_urls: m.client_urls.clone(),
-        }),
-        None if members.is_empty() => {
-            // Neither the bucket nor the log says (a restored dir whose log was purged):
-            // the member is who the flags say, as etcd's restore made it.
-            Ok(MemberNode {
-                name: config.name.clone(),
-                peer_urls: config.initial_advertise_peer_urls.clone(),
-                client_urls: Vec::new(),
-            })
-        }
-        None => Err(format!(
-            "its log was written by member {member_id:x}, which is not among its members"
-        )),
-    }
+        },
+        // Nothing says more than the ID: the member is who the flags say.
+        None => MemberNode {
+            name: config.name.clone(),
+            peer_urls: config.initial_advertise_peer_urls.clone(),
+            client_urls: Vec::new(),
+        },
+    })
 }
 
 /// Applies every normal entry after `consistent_index`, as etcd does when it restarts.
