@@ -426,3 +426,107 @@ mod tests {
         assert!(error.to_string().contains("gap"), "{error}");
     }
 }
+
+/// The decoder on logs the real etcd wrote (skipped where `/usr/bin/etcd` is not installed).
+#[cfg(test)]
+mod real_etcd_tests {
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::super::entries::{self, Action};
+    use super::*;
+    use crate::proto::raftpb::raft_request::Request;
+
+    const ETCD: &str = "/usr/bin/etcd";
+    const ETCDCTL: &str = "/usr/bin/etcdctl";
+    const READY_WITHIN: Duration = Duration::from_secs(20);
+
+    fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }
+
+    fn etcdctl(endpoint: &str, args: &[&str]) -> bool {
+        Command::new(ETCDCTL)
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", endpoint, "--command-timeout", "2s"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Starts etcd on `data_dir`, runs `puts` through etcdctl, and kills it.
+    fn etcd_writes(data_dir: &Path, puts: &[(&str, &str)]) {
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut child: Child = Command::new(ETCD)
+            .args(["--name", "wal-test", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("wal-test={peer_url}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let deadline = Instant::now() + READY_WITHIN;
+        while !etcdctl(&client_url, &["endpoint", "health"]) {
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                panic!("etcd did not become healthy within {READY_WITHIN:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (key, value) in puts {
+            assert!(etcdctl(&client_url, &["put", key, value]), "put {key}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn reads_the_log_of_the_real_etcd() {
+        if !Path::new(ETCD).exists() || !Path::new(ETCDCTL).exists() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("etcd");
+        let puts = [("/a", "1"), ("/b", "2"), ("/a", "3")];
+        etcd_writes(&data, &puts);
+
+        let log = read_dir(&data.join("member/wal")).expect("the real etcd's log reads");
+        let metadata = log.metadata.expect("a metadata record");
+        assert_ne!(metadata.node_id, 0);
+        assert_ne!(metadata.cluster_id, 0);
+        assert!(log.entries.windows(2).all(|w| w[1].index == w[0].index + 1));
+        assert!(log.hard_state.commit >= 1 && log.hard_state.vote == metadata.node_id);
+        let mut written = Vec::new();
+        let mut published = false;
+        for entry in log.entries.iter().filter(|e| e.kind == ENTRY_NORMAL) {
+            match entries::decode(&entry.data, &|_| String::new()) {
+                Ok(Action::Apply(request)) => {
+                    if let Some(Request::Put(put)) = &request.request {
+                        written.push((put.key.to_vec(), put.value.to_vec()));
+                    }
+                }
+                Ok(Action::MemberAttributes { id, attributes }) => {
+                    assert_eq!(id, metadata.node_id);
+                    assert_eq!(attributes.name, "wal-test");
+                    published = true;
+                }
+                Ok(Action::Skip(_)) => {}
+                Err(refusal) => panic!("entry {}: {refusal}", entry.index),
+            }
+        }
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = puts
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(written, expected, "the puts, in order");
+        assert!(published, "etcd 3.4 publishes its member attributes as a v2 request");
+    }
+}
