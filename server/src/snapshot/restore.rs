@@ -40,6 +40,9 @@ pub struct RestoreOptions {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: Vec<String>,
     pub skip_hash_check: bool,
+    /// etcdctl's `--wal-dir`: the store's write-ahead log in a directory of its own (start
+    /// keelson with the same `--wal-dir` afterwards).
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// The auth state a restore brought in.
@@ -72,15 +75,26 @@ pub fn run(opts: &RestoreOptions) -> Result<Restored, SnapshotError> {
             opts.data_dir.display().to_string()
         )));
     }
+    if let Some(wal_dir) = &opts.wal_dir {
+        if wal_dir.exists() {
+            return Err(SnapshotError::Usage(format!(
+                "wal-dir {:?} exists",
+                wal_dir.display().to_string()
+            )));
+        }
+    }
     let ident = identity_from_flags(opts)?;
     let db_len = super::verify(&opts.file, opts.skip_hash_check)?;
     let reader = BoltReader::new(File::open(&opts.file)?, db_len)?;
     let temp = temp_dir_for(&opts.data_dir)?;
-    let built = build(&reader, &temp, &ident);
+    let built = build(&reader, &temp, opts, &ident);
     let restored = match built {
         Ok(restored) => restored,
         Err(e) => {
             let _ = fs::remove_dir_all(&temp);
+            if let Some(wal_dir) = &opts.wal_dir {
+                let _ = fs::remove_dir_all(wal_dir);
+            }
             return Err(e);
         }
     };
@@ -152,15 +166,30 @@ fn identity_from_flags(opts: &RestoreOptions) -> Result<Identity, SnapshotError>
     })
 }
 
-fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, SnapshotError> {
-    crate::storage::ownership::claim(dir, None).map_err(|e| SnapshotError::Store(e.to_string()))?;
+fn build(
+    reader: &BoltReader,
+    dir: &Path,
+    opts: &RestoreOptions,
+    ident: &Identity,
+) -> Result<Restored, SnapshotError> {
+    let store_error = |e: crate::storage::ownership::OwnershipError| SnapshotError::Store(e.to_string());
+    match &opts.wal_dir {
+        None => crate::storage::ownership::claim(dir, None).map_err(store_error)?,
+        // The markers name the data dir by its final name, not the one it is built under.
+        Some(wal_dir) => crate::storage::ownership::claim_restored(dir, &opts.data_dir, wal_dir)
+            .map_err(store_error)?,
+    }
     let store_dir = dir.join("member").join("db");
-    let storage = Storage::open(&store_dir)?;
+    let storage = Storage::open_with_wal(&store_dir, opts.wal_dir.as_deref())?;
     let loaded = load_backend(reader, &storage)?;
     save_identity(&storage, ident).map_err(|e| SnapshotError::Store(e.to_string()))?;
     make_durable(&storage)?;
     drop(storage);
     sync_tree(dir)?;
+    if let Some(wal_dir) = &opts.wal_dir {
+        sync_tree(wal_dir)?;
+        sync_dir(parent_of(wal_dir))?;
+    }
     Ok(Restored {
         revision: loaded.revision,
         compacted: loaded.compacted,

@@ -210,6 +210,28 @@ pub fn claim(data_dir: &Path, wal_dir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Marks `build_dir`, a data dir being built under a temporary name that will become
+/// `data_dir`, as keelson's with its write-ahead log in `wal_dir` (which must not exist yet):
+/// what `claim` records for a start with `--data-dir data_dir --wal-dir wal_dir`.
+pub fn claim_restored(build_dir: &Path, data_dir: &Path, wal_dir: &Path) -> Result<()> {
+    let data_abs = std::path::absolute(data_dir).map_err(io_error(data_dir))?;
+    let wal_abs = std::path::absolute(wal_dir).map_err(io_error(wal_dir))?;
+    if wal_abs.starts_with(&data_abs) || data_abs.starts_with(&wal_abs) {
+        return Err(OwnershipError::WalDirInvalid(wal_abs.display().to_string()));
+    }
+    let member = build_dir.join(MEMBER);
+    create_private_dir(&member)?;
+    write_json(
+        &member.join(MARKER),
+        &Marker {
+            format: FORMAT,
+            wal_dir: Some(wal_abs.clone()),
+        },
+    )?;
+    create_private_dir(&wal_abs)?;
+    write_json(&wal_abs.join(WAL_MARKER), &WalMarker { data_dir: data_abs })
+}
+
 /// A few names, then how many more.
 fn summarise(found: &[String]) -> String {
     const SHOWN: usize = 5;
