@@ -536,3 +536,61 @@ async fn a_restore_with_a_wal_dir_starts_with_the_same_wal_dir() {
     );
     assert!(!dir.path().join("second").exists(), "no data dir made");
 }
+
+/// A raised alarm, as (member, type) pairs.
+async fn alarms(client: &mut Client) -> Vec<(u64, i32)> {
+    use etcd_client::{AlarmAction, AlarmType};
+    let listed = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarm list");
+    listed
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm() as i32))
+        .collect()
+}
+
+/// Raises NOSPACE for the member `client` talks to.
+async fn raise_nospace(client: &mut Client) {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let id = client
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    let mut options = AlarmOptions::new();
+    options.with_member(id);
+    client
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, Some(options))
+        .await
+        .expect("raise NOSPACE");
+}
+
+/// etcd keeps its `alarm` bucket through a snapshot and a restore (a full disk stays an
+/// alarm until disarmed); keelson carries alarms both ways the same.
+#[tokio::test]
+async fn raised_alarms_travel_in_snapshots_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (from, to) in [
+        (ServerKind::Etcd, ServerKind::Keelson),
+        (ServerKind::Keelson, ServerKind::Etcd),
+    ] {
+        let source = Server::start(ServerOptions::new(from)).await;
+        let mut client = source.client().await;
+        client.put("/k", "v", None).await.expect("put");
+        raise_nospace(&mut client).await;
+        let raised = alarms(&mut client).await;
+        assert_eq!(raised.len(), 1, "{from:?} raised the alarm");
+        let file = save(&source, dir.path(), &format!("{from:?}.db")).await;
+        let cluster = restored_cluster(to, &file, dir.path(), 1).await;
+        let mut restored = cluster.client().await;
+        assert_eq!(
+            alarms(&mut restored).await,
+            raised,
+            "{from:?} -> {to:?}: the alarm after the restore"
+        );
+    }
+}
