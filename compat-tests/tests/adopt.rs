@@ -84,15 +84,19 @@ async fn keelson_starts_on_a_dir_restored_by_etcdctl() {
 
     let restored_dir = files.path().to_path_buf();
     let snapshot = file.clone();
-    let cluster = Cluster::start_tweaked(ServerOptions::new(ServerKind::Keelson), 1, move |_, options| {
-        let flags = RestoreFlags::of(options);
-        let data_dir = restored_dir.join("restored");
-        assert_success(
-            &etcdctl_offline(&flags.args(&snapshot, &data_dir)),
-            "etcdctl snapshot restore",
-        );
-        options.data_dir = Some(data_dir);
-    })
+    let cluster = Cluster::start_tweaked(
+        ServerOptions::new(ServerKind::Keelson),
+        1,
+        move |_, options| {
+            let flags = RestoreFlags::of(options);
+            let data_dir = restored_dir.join("restored");
+            assert_success(
+                &etcdctl_offline(&flags.args(&snapshot, &data_dir)),
+                "etcdctl snapshot restore",
+            );
+            options.data_dir = Some(data_dir);
+        },
+    )
     .await;
     let mut adopted = cluster.client().await;
 
@@ -137,7 +141,9 @@ async fn start_writers(server: &Server) -> (Acks, Vec<tokio::task::JoinHandle<()
             for i in 0.. {
                 let key = format!("/load/w{writer}/k{}", i % 50);
                 let value = format!("w{writer}-{i}");
-                let put = tokio::time::timeout(PUT_TIMEOUT, client.put(key.clone(), value.clone(), None)).await;
+                let put =
+                    tokio::time::timeout(PUT_TIMEOUT, client.put(key.clone(), value.clone(), None))
+                        .await;
                 match put {
                     Ok(Ok(response)) => {
                         let revision = response.header().expect("header").revision();
@@ -202,7 +208,10 @@ async fn adopt_after_stop(kill: bool) {
     for (key, (value, revision)) in &newest {
         let got = client.get(key.as_str(), None).await.expect("get");
         let kv = &got.kvs()[0];
-        assert!(kv.mod_revision() >= *revision, "{key} lost its write at {revision}");
+        assert!(
+            kv.mod_revision() >= *revision,
+            "{key} lost its write at {revision}"
+        );
         if kv.mod_revision() == *revision {
             assert_eq!(kv.value_str().expect("utf-8"), value, "{key}");
         }
@@ -210,17 +219,31 @@ async fn adopt_after_stop(kill: bool) {
     // Every acknowledged write, at the revision etcd acknowledged it with.
     for (key, value, revision) in &acks {
         let got = client
-            .get(key.as_str(), Some(etcd_client::GetOptions::new().with_revision(*revision)))
+            .get(
+                key.as_str(),
+                Some(etcd_client::GetOptions::new().with_revision(*revision)),
+            )
             .await
             .expect("get at a revision");
-        assert_eq!(got.kvs()[0].value_str().expect("utf-8"), value, "{key}@{revision}");
+        assert_eq!(
+            got.kvs()[0].value_str().expect("utf-8"),
+            value,
+            "{key}@{revision}"
+        );
         assert_eq!(got.kvs()[0].mod_revision(), *revision);
     }
-    let last_acked = acks.iter().map(|a| a.2).max().expect("writes were acknowledged");
+    let last_acked = acks
+        .iter()
+        .map(|a| a.2)
+        .max()
+        .expect("writes were acknowledged");
     let adopted_revision = compat_tests::kv::current_revision(&mut client).await;
     assert!(adopted_revision >= last_acked);
     let keelson_hash = hash_kv(&mut client, adopted_revision).await;
-    let next = client.put("/after", "adoption", None).await.expect("put on keelson");
+    let next = client
+        .put("/after", "adoption", None)
+        .await
+        .expect("put on keelson");
     assert_eq!(
         next.header().expect("header").revision(),
         adopted_revision + 1,
@@ -288,7 +311,11 @@ async fn kubeadm_swaps_the_image_and_back() {
 
     server.set_kind(ServerKind::Keelson);
     server.restart().await;
-    assert!(server.log_text().contains("adopted etcd's data dir"), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("adopted etcd's data dir"),
+        "{}",
+        server.log_text()
+    );
     let mut client = server.client().await;
     assert_eq!(ids(&mut client).await, etcd_ids, "cluster and member IDs");
     assert_eq!(
@@ -336,7 +363,10 @@ async fn kubeadm_swaps_the_image_and_back() {
     let output = run_until_exit(ServerKind::Keelson, &server.member_args(), &[]).await;
     assert!(!output.status.success(), "keelson served a stale import");
     let text = output.stderr_text();
-    assert!(text.contains("etcd's files changed since keelson imported them"), "{text}");
+    assert!(
+        text.contains("etcd's files changed since keelson imported them"),
+        "{text}"
+    );
 }
 
 /// A byte flipped in the middle of etcd's log: a clear refusal naming the file, and etcd's
@@ -353,7 +383,10 @@ async fn a_corrupt_wal_is_refused_and_left_untouched() {
         .await
         .expect("put");
     for i in 0..20 {
-        client.put(format!("/after/{i}"), "x", None).await.expect("put");
+        client
+            .put(format!("/after/{i}"), "x", None)
+            .await
+            .expect("put");
     }
     drop(client);
     server.stop();
@@ -377,8 +410,15 @@ async fn a_corrupt_wal_is_refused_and_left_untouched() {
     let output = run_until_exit(ServerKind::Keelson, &server.member_args(), &[]).await;
     assert!(!output.status.success(), "keelson started on a corrupt log");
     let text = output.stderr_text();
-    for expected in ["CRC mismatch", &wal.display().to_string(), "etcd's files were left unchanged"] {
-        assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+    for expected in [
+        "CRC mismatch",
+        &wal.display().to_string(),
+        "etcd's files were left unchanged",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
     }
     assert_eq!(tree(&data), before, "keelson changed the dir");
     assert!(!data.join("keelson").exists() && !data.join("keelson.adopting").exists());

@@ -175,20 +175,38 @@ async fn downgrade_is_refused_as_etcd_3_5_refuses_it() {
     }
     let server = Server::start(ServerOptions::new(ServerKind::Keelson)).await;
     let mut raw = RawClient::connect(&server.client_url()).await;
-    let invalid = (Code::InvalidArgument, "etcdserver: invalid downgrade target version".to_string());
-    for (action, target) in [(VALIDATE, "3.4"), (VALIDATE, "3.4.0"), (ENABLE, "3.4"), (ENABLE, "3.5.0")] {
-        assert_eq!(raw_error(raw.downgrade(action, target).await), invalid, "{action} {target}");
+    let invalid = (
+        Code::InvalidArgument,
+        "etcdserver: invalid downgrade target version".to_string(),
+    );
+    for (action, target) in [
+        (VALIDATE, "3.4"),
+        (VALIDATE, "3.4.0"),
+        (ENABLE, "3.4"),
+        (ENABLE, "3.5.0"),
+    ] {
+        assert_eq!(
+            raw_error(raw.downgrade(action, target).await),
+            invalid,
+            "{action} {target}"
+        );
     }
     for (action, target) in [(VALIDATE, "v3.4"), (ENABLE, "three"), (VALIDATE, "")] {
         assert_eq!(
             raw_error(raw.downgrade(action, target).await),
-            (Code::InvalidArgument, "etcdserver: wrong downgrade target version format".to_string()),
+            (
+                Code::InvalidArgument,
+                "etcdserver: wrong downgrade target version format".to_string()
+            ),
             "{action} {target:?}"
         );
     }
     assert_eq!(
         raw_error(raw.downgrade(CANCEL, "").await),
-        (Code::FailedPrecondition, "etcdserver: no inflight downgrade job".to_string())
+        (
+            Code::FailedPrecondition,
+            "etcdserver: no inflight downgrade job".to_string()
+        )
     );
     assert_eq!(
         raw_error(raw.downgrade(9, "3.4").await),

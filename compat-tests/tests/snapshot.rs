@@ -511,7 +511,11 @@ async fn a_restore_with_a_wal_dir_starts_with_the_same_wal_dir() {
     cluster.members[0].restart().await;
     let mut again = cluster.client().await;
     let got = again.get("/after", None).await.expect("get");
-    assert_eq!(got.kvs()[0].value(), b"restore", "a write survives a restart");
+    assert_eq!(
+        got.kvs()[0].value(),
+        b"restore",
+        "a write survives a restart"
+    );
 
     let flags = RestoreFlags::of(&ServerOptions {
         cluster: Some(compat_tests::server::ClusterFlags {

@@ -10,12 +10,11 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest,
-    AuthRoleDeleteRequest, AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest,
-    AuthUserAddRequest, AuthUserChangePasswordRequest, AuthUserDeleteRequest,
-    AuthUserGrantRoleRequest, AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest,
-    LeaseCheckpointRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
-    TxnRequest,
+    AlarmRequest, AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,
+    AuthRoleGrantPermissionRequest, AuthRoleRevokePermissionRequest, AuthUserAddRequest,
+    AuthUserChangePasswordRequest, AuthUserDeleteRequest, AuthUserGrantRoleRequest,
+    AuthUserRevokeRoleRequest, CompactionRequest, DeleteRangeRequest, LeaseCheckpointRequest,
+    LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, TxnRequest,
 };
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::{RaftRequest, RequestAuth};
@@ -126,7 +125,10 @@ pub enum Action {
     /// Nothing to apply; why, for the log.
     Skip(&'static str),
     /// etcd's publish: member `id` now has these attributes.
-    MemberAttributes { id: u64, attributes: MemberAttributes },
+    MemberAttributes {
+        id: u64,
+        attributes: MemberAttributes,
+    },
 }
 
 /// The v2 store path of a member's attributes: `/0/members/<hex id>/attributes`.
@@ -215,7 +217,9 @@ fn from_internal(
         return Ok(Action::Skip("a read"));
     } else if r.authenticate.is_some() {
         // It issues a token; tokens are not carried over (clients authenticate again).
-        return Ok(Action::Skip("an authentication (tokens are not carried over)"));
+        return Ok(Action::Skip(
+            "an authentication (tokens are not carried over)",
+        ));
     } else if let Some(x) = r.auth_enable {
         Request::AuthEnable(x)
     } else if let Some(x) = r.auth_disable {
@@ -283,12 +287,14 @@ mod tests {
             }),
             ..Default::default()
         };
-        let Action::Apply(request) = decode(&put.encode_to_vec(), &no_hash).expect("a put")
-        else {
+        let Action::Apply(request) = decode(&put.encode_to_vec(), &no_hash).expect("a put") else {
             panic!("a put is applied");
         };
         assert!(matches!(request.request, Some(Request::Put(_))));
-        assert_eq!(request.auth.map(|a| (a.username, a.revision)), Some(("alice".into(), 4)));
+        assert_eq!(
+            request.auth.map(|a| (a.username, a.revision)),
+            Some(("alice".into(), 4))
+        );
 
         // etcd 3.4's publish is a bare v2 request (not wrapped in an InternalRaftRequest).
         let publish = V2Request {

@@ -156,13 +156,20 @@ fn fingerprint(data_dir: &Path) -> Result<Fingerprint, String> {
         let listed = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for entry in listed {
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-            let meta = entry.metadata().map_err(|e| format!("{}: {e}", dir.display()))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
             let modified = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            let name = entry.path().strip_prefix(data_dir).unwrap_or(&entry.path()).display().to_string();
+            let name = entry
+                .path()
+                .strip_prefix(data_dir)
+                .unwrap_or(&entry.path())
+                .display()
+                .to_string();
             out.insert(name, (meta.len(), modified));
         }
     }
@@ -244,8 +251,8 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
         .map_err(|e| refused(format!("{}: {e}", files.db.display())))?
         .len();
     let db = File::open(&files.db).map_err(|e| refused(format!("{}: {e}", files.db.display())))?;
-    let reader = BoltReader::new(db, db_len)
-        .map_err(|e| refused(format!("{}: {e}", files.db.display())))?;
+    let reader =
+        BoltReader::new(db, db_len).map_err(|e| refused(format!("{}: {e}", files.db.display())))?;
     let consistent_index = read_consistent_index(&reader).map_err(&refused)?;
     if let Some(first) = log.entries.first() {
         if first.index > consistent_index + 1 {
@@ -262,7 +269,8 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
     let me = single_member(&members, metadata.node_id, config).map_err(&refused)?;
 
     crate::storage::ownership::claim(dir, None).map_err(|e| refused(e.to_string()))?;
-    let storage = Storage::open(&dir.join("member").join("db")).map_err(|e| refused(e.to_string()))?;
+    let storage =
+        Storage::open(&dir.join("member").join("db")).map_err(|e| refused(e.to_string()))?;
     restore::load_backend(&reader, &storage)
         .map_err(|e| refused(format!("{}: {e}", files.db.display())))?;
     let replayed = replay(config, &storage, &log.entries, consistent_index, &shown)?;
@@ -291,10 +299,16 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
 fn current_revision(storage: &Storage) -> Result<i64, String> {
     let raw = storage
         .db()
-        .get_cf(storage.cf(crate::storage::CF_META), crate::mvcc::META_CURRENT_REVISION)
+        .get_cf(
+            storage.cf(crate::storage::CF_META),
+            crate::mvcc::META_CURRENT_REVISION,
+        )
         .map_err(|e| e.to_string())?
         .ok_or("the import wrote no current revision")?;
-    let raw: [u8; 8] = raw.as_slice().try_into().map_err(|_| "a bad current revision")?;
+    let raw: [u8; 8] = raw
+        .as_slice()
+        .try_into()
+        .map_err(|_| "a bad current revision")?;
     Ok(i64::from_be_bytes(raw))
 }
 
@@ -393,11 +407,9 @@ fn membership(
                     }
                 }
             }
-            other => {
-                return Err(bad(format!(
-                    "of entry type {other} (etcd 3.5's joint consensus), which etcd 3.4 does not write"
-                )))
-            }
+            other => return Err(bad(format!(
+                "of entry type {other} (etcd 3.5's joint consensus), which etcd 3.4 does not write"
+            ))),
         }
     }
     if !any_change {
@@ -420,9 +432,8 @@ impl Membership {
         let id = change.node_id;
         match change.kind {
             CONF_ADD_NODE | CONF_ADD_LEARNER | CONF_UPDATE_NODE => {
-                let mut member: EtcdMember = serde_json::from_slice(&change.context).map_err(|e| {
-                    format!("a membership change with an unreadable member ({e})")
-                })?;
+                let mut member: EtcdMember = serde_json::from_slice(&change.context)
+                    .map_err(|e| format!("a membership change with an unreadable member ({e})"))?;
                 if let Some(known) = self.details.get(&id) {
                     if member.name.is_empty() {
                         member.name = known.name.clone();

@@ -149,7 +149,10 @@ pub fn wal_files(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
 pub fn read_dir(dir: &Path) -> Result<WalContents, WalError> {
     let files = wal_files(dir)?;
     if files.is_empty() {
-        return Err(WalError::Log(format!("{} holds no .wal file", dir.display())));
+        return Err(WalError::Log(format!(
+            "{} holds no .wal file",
+            dir.display()
+        )));
     }
     let mut reader = Reader::default();
     let last = files.len() - 1;
@@ -466,8 +469,18 @@ mod real_etcd_tests {
         let mut child: Child = Command::new(ETCD)
             .args(["--name", "wal-test", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("wal-test={peer_url}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -527,6 +540,9 @@ mod real_etcd_tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect();
         assert_eq!(written, expected, "the puts, in order");
-        assert!(published, "etcd 3.4 publishes its member attributes as a v2 request");
+        assert!(
+            published,
+            "etcd 3.4 publishes its member attributes as a v2 request"
+        );
     }
 }

@@ -66,9 +66,9 @@ fn is_semver(version: &str) -> bool {
 /// Dot-separated alphanumerics and hyphens (empty: absent).
 fn is_identifier(id: &str) -> bool {
     id.is_empty()
-        || id
-            .split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        || id.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]
@@ -78,13 +78,23 @@ mod tests {
     #[test]
     fn targets_are_read_as_etcd_reads_them() {
         for ok in ["3.4", "3.4.0", "3.5.21", "3.4.0-rc.1", "3.4.1+build"] {
-            assert_eq!(check(DowngradeAction::Validate as i32, ok).ok(), Some(Asked::Target), "{ok}");
+            assert_eq!(
+                check(DowngradeAction::Validate as i32, ok).ok(),
+                Some(Asked::Target),
+                "{ok}"
+            );
         }
         for bad in ["", "v3.4", "3", "three", "3.4.x", "3.4.0-rc..1"] {
             let status = check(DowngradeAction::Enable as i32, bad).expect_err(bad);
-            assert_eq!((status.code(), status.message()), (Code::InvalidArgument, WRONG_FORMAT));
+            assert_eq!(
+                (status.code(), status.message()),
+                (Code::InvalidArgument, WRONG_FORMAT)
+            );
         }
-        assert_eq!(check(DowngradeAction::Cancel as i32, "").ok(), Some(Asked::Cancel));
+        assert_eq!(
+            check(DowngradeAction::Cancel as i32, "").ok(),
+            Some(Asked::Cancel)
+        );
         assert_eq!(check(7, "3.4").expect_err("unknown").code(), Code::Unknown);
     }
 }

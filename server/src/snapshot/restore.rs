@@ -172,7 +172,8 @@ fn build(
     opts: &RestoreOptions,
     ident: &Identity,
 ) -> Result<Restored, SnapshotError> {
-    let store_error = |e: crate::storage::ownership::OwnershipError| SnapshotError::Store(e.to_string());
+    let store_error =
+        |e: crate::storage::ownership::OwnershipError| SnapshotError::Store(e.to_string());
     match &opts.wal_dir {
         None => crate::storage::ownership::claim(dir, None).map_err(store_error)?,
         // The markers name the data dir by its final name, not the one it is built under.
