@@ -423,3 +423,85 @@ async fn a_corrupt_wal_is_refused_and_left_untouched() {
     assert_eq!(tree(&data), before, "keelson changed the dir");
     assert!(!data.join("keelson").exists() && !data.join("keelson.adopting").exists());
 }
+
+/// etcd with auth on, killed right after its last auth changes and writes (still only in its
+/// log, most likely): keelson serves the same users, passwords, roles and permissions.
+#[tokio::test]
+async fn etcd_auth_is_adopted_with_its_passwords_and_permissions() {
+    if !require_keelson() {
+        return;
+    }
+    let mut server = Server::start(ServerOptions::new(ServerKind::Etcd)).await;
+    let steps: [&[&str]; 8] = [
+        &["user", "add", "root:rootpw"],
+        &["role", "add", "pods"],
+        &[
+            "role",
+            "grant-permission",
+            "pods",
+            "readwrite",
+            "/pods/",
+            "--prefix",
+        ],
+        &["user", "add", "alice:alicepw"],
+        &["user", "grant-role", "alice", "pods"],
+        &["auth", "enable"],
+        &[
+            "--user",
+            "alice:alicepw",
+            "put",
+            "/pods/a",
+            "written-by-alice",
+        ],
+        &["--user", "root:rootpw", "user", "add", "bob:bobpw"],
+    ];
+    for step in steps {
+        let out = etcdctl(&server, step).await;
+        assert!(
+            out.status.success(),
+            "etcdctl {step:?}: {}",
+            out.stderr_text()
+        );
+    }
+    server.kill();
+    server.set_kind(ServerKind::Keelson);
+    server.restart().await;
+    let log = server.log_text();
+    let adopted = log
+        .lines()
+        .find(|l| l.contains("adopted etcd's data dir"))
+        .unwrap_or_else(|| panic!("no adoption in the log:\n{log}"));
+    eprintln!("{adopted}");
+
+    let alice = etcdctl(
+        &server,
+        &[
+            "--user",
+            "alice:alicepw",
+            "get",
+            "/pods/a",
+            "--print-value-only",
+        ],
+    )
+    .await;
+    assert_eq!(
+        alice.stdout_text().trim(),
+        "written-by-alice",
+        "{}",
+        alice.stderr_text()
+    );
+    let bob = etcdctl(&server, &["--user", "bob:bobpw", "get", "/pods/a"]).await;
+    assert!(
+        !bob.status.success() && bob.stderr_text().contains("permission denied"),
+        "bob has no role: {}",
+        bob.stderr_text()
+    );
+    let wrong = etcdctl(&server, &["--user", "alice:wrong", "get", "/pods/a"]).await;
+    assert!(
+        wrong.stderr_text().contains("authentication failed"),
+        "{}",
+        wrong.stderr_text()
+    );
+    let anonymous = etcdctl(&server, &["put", "/pods/b", "x"]).await;
+    assert!(!anonymous.status.success(), "auth stays enabled");
+}

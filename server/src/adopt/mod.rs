@@ -399,7 +399,7 @@ fn membership(
             }
             ENTRY_NORMAL => {
                 if let Ok(Action::MemberAttributes { id, attributes }) =
-                    entries::decode(&entry.data, &|_| String::new())
+                    entries::decode(&entry.data, &|_| Ok(String::new()))
                 {
                     if let Some(member) = members.details.get_mut(&id) {
                         member.name = attributes.name;
@@ -407,9 +407,11 @@ fn membership(
                     }
                 }
             }
-            other => return Err(bad(format!(
+            other => {
+                return Err(bad(format!(
                 "of entry type {other} (etcd 3.5's joint consensus), which etcd 3.4 does not write"
-            ))),
+            )))
+            }
         }
     }
     if !any_change {
@@ -542,11 +544,12 @@ fn replay(
             .map_err(|e| refused(e.to_string()))?,
     );
     let applier = Applier::new(store, lessor, auth).map_err(|e| refused(e.to_string()))?;
-    let cost = config.bcrypt_cost;
+    // etcd replaces a cost outside bcrypt's range by its default; so does PasswordHasher.
+    let cost = crate::auth::password::PasswordHasher::new(config.bcrypt_cost).cost();
     let hash_password = move |password: &str| {
         bcrypt::hash_with_result(password.as_bytes(), cost)
             .map(|parts| parts.format_for_version(bcrypt::Version::TwoA))
-            .unwrap_or_default()
+            .map_err(|e| format!("a password that cannot be hashed ({e})"))
     };
     let mut applied = 0;
     for entry in log.iter().filter(|e| e.index > consistent_index) {

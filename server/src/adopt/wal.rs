@@ -520,7 +520,7 @@ mod real_etcd_tests {
         let mut written = Vec::new();
         let mut published = false;
         for entry in log.entries.iter().filter(|e| e.kind == ENTRY_NORMAL) {
-            match entries::decode(&entry.data, &|_| String::new()) {
+            match entries::decode(&entry.data, &|_| Ok(String::new())) {
                 Ok(Action::Apply(request)) => {
                     if let Some(Request::Put(put)) = &request.request {
                         written.push((put.key.to_vec(), put.value.to_vec()));
