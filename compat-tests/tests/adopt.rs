@@ -505,3 +505,38 @@ async fn etcd_auth_is_adopted_with_its_passwords_and_permissions() {
     let anonymous = etcdctl(&server, &["put", "/pods/b", "x"]).await;
     assert!(!anonymous.status.success(), "auth stays enabled");
 }
+
+/// Once the move is final the operator may delete etcd's files: keelson keeps running on the
+/// store it adopted (and a part of them left behind is a change it refuses to guess about).
+#[tokio::test]
+async fn etcds_files_can_be_removed_after_the_move() {
+    if !require_keelson() {
+        return;
+    }
+    let mut server = Server::start(ServerOptions::new(ServerKind::Etcd)).await;
+    let mut client = server.client().await;
+    client.put("/kept", "from etcd", None).await.expect("put");
+    drop(client);
+    server.stop();
+    server.set_kind(ServerKind::Keelson);
+    server.restart().await;
+    let mut client = server.client().await;
+    client.put("/later", "on keelson", None).await.expect("put");
+    drop(client);
+    server.stop();
+
+    let member = server.data_dir().join("member");
+    std::fs::remove_dir_all(member.join("wal")).expect("remove etcd's log");
+    let output = run_until_exit(ServerKind::Keelson, &server.member_args(), &[]).await;
+    assert!(!output.status.success(), "a part of etcd's files is left");
+    let text = output.stderr_text();
+    assert!(text.contains("etcd's files changed"), "{text}");
+
+    std::fs::remove_dir_all(&member).expect("remove the rest of etcd's files");
+    server.restart().await;
+    let mut client = server.client().await;
+    for (key, value) in [("/kept", "from etcd"), ("/later", "on keelson")] {
+        let got = client.get(key, None).await.expect("get");
+        assert_eq!(got.kvs()[0].value_str().expect("utf-8"), value, "{key}");
+    }
+}

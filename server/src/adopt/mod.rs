@@ -90,7 +90,12 @@ pub fn holds_etcd_data(data_dir: &Path) -> bool {
 /// `<data-dir>/keelson` (imported now if it is not there yet).
 pub fn resolve_data_dir(config: &Config) -> Result<PathBuf, AdoptError> {
     let data_dir = &config.data_dir;
-    if !holds_etcd_data(data_dir) {
+    let adopted = data_dir.join(KEELSON_DIR);
+    let was_adopted = adopted
+        .join("member")
+        .join(crate::storage::ownership::MARKER)
+        .is_file();
+    if !was_adopted && !holds_etcd_data(data_dir) {
         return Ok(data_dir.clone());
     }
     let refused = |problem: String| AdoptError::Refused {
@@ -104,10 +109,14 @@ pub fn resolve_data_dir(config: &Config) -> Result<PathBuf, AdoptError> {
                 .into(),
         ));
     }
-    let adopted = data_dir.join(KEELSON_DIR);
-    if adopted.exists() {
-        check_etcd_unchanged(data_dir, &adopted).map_err(&refused)?;
-        tracing::info!(dir = %adopted.display(), "running on the keelson store beside etcd's files (adopted earlier)");
+    if was_adopted {
+        if data_dir.join("member").exists() {
+            check_etcd_unchanged(data_dir, &adopted).map_err(&refused)?;
+            tracing::info!(dir = %adopted.display(), "running on the keelson store beside etcd's files (adopted earlier)");
+        } else {
+            // The operator removed etcd's files once the move was final.
+            tracing::info!(dir = %adopted.display(), "running on the keelson store adopted earlier (etcd's files were removed)");
+        }
         return Ok(adopted);
     }
     let started = Instant::now();
@@ -153,7 +162,12 @@ fn fingerprint(data_dir: &Path) -> Result<Fingerprint, String> {
     let files = etcd_files(data_dir);
     let mut out = BTreeMap::new();
     for dir in [files.wal.as_path(), files.db.parent().unwrap_or(data_dir)] {
-        let listed = fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let listed = match fs::read_dir(dir) {
+            Ok(listed) => listed,
+            // Gone since the import: a difference like any other.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
         for entry in listed {
             let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
             let meta = entry
