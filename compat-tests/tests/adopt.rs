@@ -540,3 +540,30 @@ async fn etcds_files_can_be_removed_after_the_move() {
         assert_eq!(got.kvs()[0].value_str().expect("utf-8"), value, "{key}");
     }
 }
+
+/// keelson started while etcd still runs on the dir (a container that has not stopped yet):
+/// refused, nothing imported, etcd unaffected.
+#[tokio::test]
+async fn a_running_etcd_is_not_adopted() {
+    if !require_keelson() {
+        return;
+    }
+    let server = Server::start(ServerOptions::new(ServerKind::Etcd)).await;
+    let mut client = server.client().await;
+    client.put("/k", "v", None).await.expect("put");
+    let output = run_until_exit(ServerKind::Keelson, &server.member_args(), &[]).await;
+    assert!(
+        !output.status.success(),
+        "keelson adopted a running etcd's dir"
+    );
+    let text = output.stderr_text();
+    assert!(text.contains("etcd is still running on it"), "{text}");
+    assert!(
+        !server.data_dir().join("keelson").exists(),
+        "nothing imported"
+    );
+    client
+        .put("/k2", "v2", None)
+        .await
+        .expect("etcd still serves");
+}

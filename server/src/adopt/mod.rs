@@ -257,6 +257,8 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
         problem,
     };
     let files = etcd_files(data_dir);
+    // Held until the import is done: etcd cannot start on the dir meanwhile either.
+    let _etcd_lock = lock_out_etcd(&files.wal).map_err(&refused)?;
     let log = wal::read_dir(&files.wal).map_err(|e| refused(e.to_string()))?;
     let metadata = log
         .metadata
@@ -324,6 +326,47 @@ fn current_revision(storage: &Storage) -> Result<i64, String> {
         .try_into()
         .map_err(|_| "a bad current revision")?;
     Ok(i64::from_be_bytes(raw))
+}
+
+/// Takes a read lock on etcd's newest WAL file, which a running etcd holds write-locked (an
+/// open file description lock on Linux, as etcd's fileutil takes it): an etcd still running on
+/// the dir (a container that has not stopped yet) is refused, rather than imported while it
+/// goes on acknowledging writes.
+fn lock_out_etcd(wal_dir: &Path) -> Result<File, String> {
+    use std::os::fd::AsRawFd;
+    let files = wal::wal_files(wal_dir).map_err(|e| e.to_string())?;
+    let newest = files
+        .last()
+        .ok_or_else(|| format!("{} holds no .wal file", wal_dir.display()))?;
+    let file = File::open(newest).map_err(|e| format!("{}: {e}", newest.display()))?;
+    // SAFETY: a zeroed `flock` is a valid value of this plain C struct.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_RDLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl on a descriptor this function owns, with a pointer to a local flock.
+    let mut locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    let mut error = std::io::Error::last_os_error();
+    if locked != 0 && error.raw_os_error() == Some(libc::EINVAL) {
+        // A kernel without open file description locks: etcd used flock there.
+        // SAFETY: flock on a descriptor this function owns.
+        locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        error = std::io::Error::last_os_error();
+    }
+    if locked != 0 {
+        let held = matches!(
+            error.raw_os_error(),
+            Some(libc::EAGAIN) | Some(libc::EACCES) | Some(libc::EWOULDBLOCK)
+        );
+        return Err(if held {
+            format!(
+                "etcd is still running on it (it holds the lock on {}); stop etcd first",
+                newest.display()
+            )
+        } else {
+            format!("cannot lock {}: {error}", newest.display())
+        });
+    }
+    Ok(file)
 }
 
 /// The index of the last entry the bbolt file holds. etcd reads a missing one as 0 (a file
