@@ -347,7 +347,8 @@ fn lock_out_etcd(wal_dir: &Path) -> Result<File, String> {
     let mut locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
     let mut error = std::io::Error::last_os_error();
     if locked != 0 && error.raw_os_error() == Some(libc::EINVAL) {
-        // A kernel without open file description locks: etcd used flock there.
+        // A kernel without open file description locks: etcd used flock there (EWOULDBLOCK
+        // is EAGAIN on Linux).
         // SAFETY: flock on a descriptor this function owns.
         locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
         error = std::io::Error::last_os_error();
@@ -355,7 +356,7 @@ fn lock_out_etcd(wal_dir: &Path) -> Result<File, String> {
     if locked != 0 {
         let held = matches!(
             error.raw_os_error(),
-            Some(libc::EAGAIN) | Some(libc::EACCES) | Some(libc::EWOULDBLOCK)
+            Some(libc::EAGAIN) | Some(libc::EACCES)
         );
         return Err(if held {
             format!(
