@@ -567,3 +567,60 @@ async fn a_running_etcd_is_not_adopted() {
         .await
         .expect("etcd still serves");
 }
+
+/// etcd that took raft snapshots (`member/snap/*.snap`, read for its membership): adopted with
+/// its data, IDs and member list.
+#[tokio::test]
+async fn etcd_with_raft_snapshots_is_adopted() {
+    if !require_keelson() {
+        return;
+    }
+    let options = ServerOptions::new(ServerKind::Etcd).args(["--snapshot-count", "20"]);
+    let mut server = Server::start(options).await;
+    let mut client = server.client().await;
+    let history = write_history(&mut client, 8).await;
+    let etcd_dump = dump(&mut client, history.compacted, history.last).await;
+    let etcd_ids = ids(&mut client).await;
+    let etcd_members = etcdctl(&server, &["member", "list", "-w", "json"])
+        .await
+        .stdout_text();
+    drop(client);
+    server.stop();
+    let snaps = std::fs::read_dir(server.data_dir().join("member/snap"))
+        .expect("etcd's snap dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        })
+        .count();
+    assert!(snaps > 0, "etcd took no raft snapshot");
+
+    server.set_kind(ServerKind::Keelson);
+    server.restart().await;
+    let mut client = server.client().await;
+    assert_eq!(ids(&mut client).await, etcd_ids);
+    assert_eq!(
+        dump(&mut client, history.compacted, history.last).await,
+        etcd_dump
+    );
+    let members = etcdctl(&server, &["member", "list", "-w", "json"])
+        .await
+        .stdout_text();
+    let names_and_urls = |text: &str| {
+        let value: serde_json::Value = serde_json::from_str(text).expect("member list json");
+        value["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| {
+                (
+                    m["ID"].as_u64(),
+                    m["name"].clone(),
+                    m["peerURLs"].clone(),
+                    m["clientURLs"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names_and_urls(&members), names_and_urls(&etcd_members));
+}
