@@ -624,3 +624,33 @@ async fn etcd_with_raft_snapshots_is_adopted() {
     };
     assert_eq!(names_and_urls(&members), names_and_urls(&etcd_members));
 }
+
+/// A member of a cluster of three: refused (which of its last entries the cluster committed is
+/// known only to the cluster), naming the members, and its files unchanged.
+#[tokio::test]
+async fn a_member_of_a_larger_etcd_cluster_is_refused() {
+    if !require_keelson() {
+        return;
+    }
+    let mut cluster = Cluster::start_with(ServerOptions::new(ServerKind::Etcd), 3).await;
+    let mut client = cluster.client().await;
+    client.put("/k", "v", None).await.expect("put");
+    drop(client);
+    for member in &mut cluster.members {
+        member.stop();
+    }
+    let member = &cluster.members[0];
+    let before = tree(&member.data_dir());
+    let output = run_until_exit(ServerKind::Keelson, &member.member_args(), &[]).await;
+    assert!(
+        !output.status.success(),
+        "keelson adopted one member of three"
+    );
+    let text = output.stderr_text();
+    assert!(
+        text.contains("it belongs to a cluster of 3 members")
+            && text.contains("migrate with a snapshot"),
+        "{text}"
+    );
+    assert_eq!(tree(&member.data_dir()), before, "etcd's files changed");
+}
