@@ -654,3 +654,62 @@ async fn a_member_of_a_larger_etcd_cluster_is_refused() {
     );
     assert_eq!(tree(&member.data_dir()), before, "etcd's files changed");
 }
+
+/// etcd killed right after a compaction (most likely still only in its log): the replayed
+/// compaction is done on the import, which is closed before it is moved into place, and
+/// keelson serves the compacted revision as etcd does after its own restart.
+#[tokio::test]
+async fn a_compaction_in_etcds_log_is_replayed() {
+    if !require_keelson() {
+        return;
+    }
+    let mut server = Server::start(ServerOptions::new(ServerKind::Etcd)).await;
+    let mut client = server.client().await;
+    for i in 0..50 {
+        client
+            .put(format!("/c/{}", i % 5), format!("v{i}"), None)
+            .await
+            .expect("put");
+    }
+    let compacted = compat_tests::kv::current_revision(&mut client).await - 10;
+    client
+        .compact(
+            compacted,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .expect("compact");
+    let after = client.put("/c/after", "x", None).await.expect("put");
+    let last = after.header().expect("header").revision();
+    drop(client);
+    server.kill();
+    server.set_kind(ServerKind::Keelson);
+    server.restart().await;
+    let mut client = server.client().await;
+    assert!(
+        range_error(&mut client, compacted - 1)
+            .await
+            .contains("compacted"),
+        "below the compacted revision"
+    );
+    let at = client
+        .get(
+            "/c/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_revision(compacted),
+            ),
+        )
+        .await
+        .expect("the compacted revision is readable");
+    assert_eq!(at.kvs().len(), 5);
+    assert_eq!(compat_tests::kv::current_revision(&mut client).await, last);
+    let log = server.log_text();
+    eprintln!(
+        "{}",
+        log.lines()
+            .find(|l| l.contains("adopted etcd's data dir"))
+            .unwrap_or("")
+    );
+}

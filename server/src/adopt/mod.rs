@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use serde::Deserialize;
@@ -299,7 +299,8 @@ fn import(config: &Config, dir: &Path, origin: &Fingerprint) -> Result<Summary, 
     save_identity(&storage, &ident).map_err(|e| refused(e.to_string()))?;
     let revision = current_revision(&storage).map_err(&refused)?;
     restore::make_durable(&storage).map_err(|e| refused(e.to_string()))?;
-    drop(storage);
+    // Closed here, or not at all: a store still open would be open twice once renamed.
+    drop(sole_owner(storage).map_err(&refused)?);
     let recorded = serde_json::to_vec_pretty(origin).map_err(|e| refused(e.to_string()))?;
     fs::write(dir.join(ADOPTED_FROM), recorded).map_err(|e| refused(e.to_string()))?;
     restore::sync_tree(dir).map_err(|e| refused(e.to_string()))?;
@@ -601,7 +602,7 @@ fn replay(
         AuthStore::open(storage.clone(), tokens, config.bcrypt_cost)
             .map_err(|e| refused(e.to_string()))?,
     );
-    let applier = Applier::new(store, lessor, auth).map_err(|e| refused(e.to_string()))?;
+    let applier = Applier::new(store.clone(), lessor, auth).map_err(|e| refused(e.to_string()))?;
     // etcd replaces a cost outside bcrypt's range by its default; so does PasswordHasher.
     let cost = crate::auth::password::PasswordHasher::new(config.bcrypt_cost).cost();
     let hash_password = move |password: &str| {
@@ -639,5 +640,40 @@ fn replay(
             Action::MemberAttributes { .. } => {}
         }
     }
+    // The store must be closed before the import is renamed into place and opened again:
+    // its compactor thread would otherwise go on holding (and writing) it. A compaction the
+    // replay scheduled resumes at the next open.
+    store.compactor().stop();
+    // The watch hub's thread holds the hub (and the store) for up to a second at a time; a
+    // wake-up makes it look again, find the hub gone and end.
+    let hub = store.watch_hub().clone();
+    drop(applier);
+    drop(store);
+    hub.set_progress_interval(Duration::from_secs(1));
+    drop(hub);
     Ok(applied)
 }
+
+/// Takes the store back from the helpers that shared it during the import (their threads let
+/// go within a second), so that it is closed before the import is moved into place.
+fn sole_owner(mut storage: Arc<Storage>) -> Result<Storage, String> {
+    let deadline = Instant::now() + SOLE_OWNER_WITHIN;
+    loop {
+        match Arc::try_unwrap(storage) {
+            Ok(storage) => return Ok(storage),
+            Err(shared) if Instant::now() < deadline => {
+                storage = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the import's store was still in use after {SOLE_OWNER_WITHIN:?} (a bug); \
+                     nothing was moved into place"
+                ))
+            }
+        }
+    }
+}
+
+/// How long the import waits for its helpers' threads to let go of the store.
+const SOLE_OWNER_WITHIN: Duration = Duration::from_secs(5);
