@@ -174,6 +174,21 @@ pub mod pb {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct AuthStatusRequest {}
 
+    /// etcd 3.5's Maintenance.Downgrade (action: 0 VALIDATE, 1 ENABLE, 2 CANCEL).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DowngradeRequest {
+        #[prost(int32, tag = "1")]
+        pub action: i32,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DowngradeResponse {
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct AuthStatusResponse {
         #[prost(bool, tag = "2")]
@@ -324,6 +339,18 @@ impl RawClient {
             .unary("/etcdserverpb.Auth/AuthStatus", pb::AuthStatusRequest {})
             .await?;
         Ok((response.enabled, response.auth_revision))
+    }
+
+    /// Maintenance.Downgrade; the cluster version it answers with.
+    pub async fn downgrade(&mut self, action: i32, version: &str) -> Result<String, Status> {
+        let request = pb::DowngradeRequest {
+            action,
+            version: version.into(),
+        };
+        let response: pb::DowngradeResponse = self
+            .unary("/etcdserverpb.Maintenance/Downgrade", request)
+            .await?;
+        Ok(response.version)
     }
 
     /// The value of `key`, if it exists.

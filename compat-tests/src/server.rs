@@ -176,6 +176,8 @@ pub struct ServerOptions {
     pub cluster: Option<ClusterFlags>,
     /// `Some`: the member's `--data-dir` (prepared by the test); `None`: `<its dir>/data`.
     pub data_dir: Option<PathBuf>,
+    /// Render the flags as kubeadm's etcd static pod does: `--flag=value`, sorted by name.
+    pub kubeadm_style: bool,
 }
 
 /// The bootstrap flags of a member of a cluster of several.
@@ -203,7 +205,14 @@ impl ServerOptions {
             config_file_template: None,
             cluster: None,
             data_dir: None,
+            kubeadm_style: false,
         }
+    }
+
+    /// Flags as kubeadm writes them into etcd's static pod (`--flag=value`, sorted).
+    pub fn kubeadm_style(mut self) -> Self {
+        self.kubeadm_style = true;
+        self
     }
 
     /// Use `dir` as the data dir (a test prepares its content before the start).
@@ -438,6 +447,12 @@ impl Server {
         self.options.kind
     }
 
+    /// Runs the other server on this member's data dir, ports and flags from the next
+    /// (re)start on: swapping the binary as a changed container image does.
+    pub fn set_kind(&mut self, kind: ServerKind) {
+        self.options.kind = kind;
+    }
+
     pub fn name(&self) -> &str {
         &self.options.name
     }
@@ -640,6 +655,14 @@ impl Server {
         }
         if let Some(metrics) = self.metrics_url() {
             args.extend(["--listen-metrics-urls".to_string(), metrics]);
+        }
+        if self.options.kubeadm_style {
+            let mut joined: Vec<String> = args
+                .chunks(2)
+                .map(|pair| format!("{}={}", pair[0], pair[1]))
+                .collect();
+            joined.sort();
+            args = joined;
         }
         args.extend(self.options.extra_args.iter().cloned());
         args

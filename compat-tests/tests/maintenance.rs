@@ -159,3 +159,57 @@ async fn alarms_list_activate_and_deactivate_as_etcd_does() {
             .unwrap_or_else(|e| panic!("{name}: writes resume after the alarm: {e}"));
     }
 }
+
+/// etcd 3.5's Downgrade, as etcd 3.5 answers it for a cluster that cannot go back to any
+/// target (keelson cannot take etcd 3.4's format in place): exact codes and messages. etcd
+/// 3.4 has no Downgrade at all, so this runs against keelson only.
+#[tokio::test]
+async fn downgrade_is_refused_as_etcd_3_5_refuses_it() {
+    use compat_tests::auth::{raw_error, RawClient};
+    use tonic::Code;
+    const VALIDATE: i32 = 0;
+    const ENABLE: i32 = 1;
+    const CANCEL: i32 = 2;
+    if ServerKind::from_env() != ServerKind::Keelson {
+        return;
+    }
+    let server = Server::start(ServerOptions::new(ServerKind::Keelson)).await;
+    let mut raw = RawClient::connect(&server.client_url()).await;
+    let invalid = (
+        Code::InvalidArgument,
+        "etcdserver: invalid downgrade target version".to_string(),
+    );
+    for (action, target) in [
+        (VALIDATE, "3.4"),
+        (VALIDATE, "3.4.0"),
+        (ENABLE, "3.4"),
+        (ENABLE, "3.5.0"),
+    ] {
+        assert_eq!(
+            raw_error(raw.downgrade(action, target).await),
+            invalid,
+            "{action} {target}"
+        );
+    }
+    for (action, target) in [(VALIDATE, "v3.4"), (ENABLE, "three"), (VALIDATE, "")] {
+        assert_eq!(
+            raw_error(raw.downgrade(action, target).await),
+            (
+                Code::InvalidArgument,
+                "etcdserver: wrong downgrade target version format".to_string()
+            ),
+            "{action} {target:?}"
+        );
+    }
+    assert_eq!(
+        raw_error(raw.downgrade(CANCEL, "").await),
+        (
+            Code::FailedPrecondition,
+            "etcdserver: no inflight downgrade job".to_string()
+        )
+    );
+    assert_eq!(
+        raw_error(raw.downgrade(9, "3.4").await),
+        (Code::Unknown, "etcdserver: unknown method".to_string())
+    );
+}

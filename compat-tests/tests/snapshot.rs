@@ -467,3 +467,134 @@ async fn etcd_auth_is_restored_into_keelson() {
 async fn keelson_auth_is_restored_into_etcd() {
     auth_migrates(ServerKind::Keelson, ServerKind::Etcd).await;
 }
+
+/// `snapshot restore --wal-dir W` (etcdctl's flag), then the server started with
+/// `--data-dir D --wal-dir W` serves the restored history, restarts on it, and a restore into
+/// an existing WAL dir is refused as etcdctl refuses it. Both servers: keelson's restore with
+/// keelson, etcdctl's with etcd.
+#[tokio::test]
+async fn a_restore_with_a_wal_dir_starts_with_the_same_wal_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source_server = Server::start(ServerOptions::new(ServerKind::Etcd)).await;
+    let mut source = source_server.client().await;
+    let history = write_history(&mut source, 8).await;
+    let file = save(&source_server, dir.path(), "etcd.db").await;
+    let kind = ServerKind::from_env();
+    let wal_dir = dir.path().join("wal");
+    let file_for_restore = file.clone();
+    let data_root = dir.path().to_path_buf();
+    let wal_for_restore = wal_dir.clone();
+    let mut cluster = Cluster::start_tweaked(ServerOptions::new(kind), 1, move |_, options| {
+        let flags = RestoreFlags::of(options);
+        let data_dir = data_root.join("restored");
+        let mut args = flags.args(&file_for_restore, &data_dir);
+        args.extend(["--wal-dir".into(), wal_for_restore.display().to_string()]);
+        let out = match kind {
+            ServerKind::Keelson => keelson(&args),
+            ServerKind::Etcd => etcdctl_offline(&args),
+        };
+        assert_success(&out, &format!("{kind:?}'s snapshot restore --wal-dir"));
+        options.data_dir = Some(data_dir);
+        options
+            .extra_args
+            .extend(["--wal-dir".into(), wal_for_restore.display().to_string()]);
+    })
+    .await;
+    let mut restored = cluster.client().await;
+    assert_same_history(&mut source, &mut restored, &history).await;
+    assert!(
+        std::fs::read_dir(&wal_dir).expect("the WAL dir").count() > 0,
+        "the server's log lives in --wal-dir"
+    );
+    restored.put("/after", "restore", None).await.expect("put");
+    drop(restored);
+    cluster.members[0].restart().await;
+    let mut again = cluster.client().await;
+    let got = again.get("/after", None).await.expect("get");
+    assert_eq!(
+        got.kvs()[0].value(),
+        b"restore",
+        "a write survives a restart"
+    );
+
+    let flags = RestoreFlags::of(&ServerOptions {
+        cluster: Some(compat_tests::server::ClusterFlags {
+            initial_cluster: "m=http://127.0.0.1:2380".into(),
+            state: "new".into(),
+            token: "t".into(),
+        }),
+        ..ServerOptions::new(kind).name("m")
+    });
+    let mut args = flags.args(&file, &dir.path().join("second"));
+    args.extend(["--wal-dir".into(), wal_dir.display().to_string()]);
+    let out = match kind {
+        ServerKind::Keelson => keelson(&args),
+        ServerKind::Etcd => etcdctl_offline(&args),
+    };
+    assert!(!out.status.success(), "a restore into an existing WAL dir");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wal-dir")
+            && String::from_utf8_lossy(&out.stderr).contains("exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("second").exists(), "no data dir made");
+}
+
+/// A raised alarm, as (member, type) pairs.
+async fn alarms(client: &mut Client) -> Vec<(u64, i32)> {
+    use etcd_client::{AlarmAction, AlarmType};
+    let listed = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarm list");
+    listed
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm() as i32))
+        .collect()
+}
+
+/// Raises NOSPACE for the member `client` talks to.
+async fn raise_nospace(client: &mut Client) {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let id = client
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .member_id();
+    let mut options = AlarmOptions::new();
+    options.with_member(id);
+    client
+        .alarm(AlarmAction::Activate, AlarmType::Nospace, Some(options))
+        .await
+        .expect("raise NOSPACE");
+}
+
+/// etcd keeps its `alarm` bucket through a snapshot and a restore (a full disk stays an
+/// alarm until disarmed); keelson carries alarms both ways the same.
+#[tokio::test]
+async fn raised_alarms_travel_in_snapshots_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (from, to) in [
+        (ServerKind::Etcd, ServerKind::Keelson),
+        (ServerKind::Keelson, ServerKind::Etcd),
+    ] {
+        let source = Server::start(ServerOptions::new(from)).await;
+        let mut client = source.client().await;
+        client.put("/k", "v", None).await.expect("put");
+        raise_nospace(&mut client).await;
+        let raised = alarms(&mut client).await;
+        assert_eq!(raised.len(), 1, "{from:?} raised the alarm");
+        let file = save(&source, dir.path(), &format!("{from:?}.db")).await;
+        let cluster = restored_cluster(to, &file, dir.path(), 1).await;
+        let mut restored = cluster.client().await;
+        assert_eq!(
+            alarms(&mut restored).await,
+            raised,
+            "{from:?} -> {to:?}: the alarm after the restore"
+        );
+    }
+}

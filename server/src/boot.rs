@@ -40,6 +40,8 @@ pub enum BootError {
     #[error("cannot use data dir {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
     #[error(transparent)]
+    Adopt(#[from] crate::adopt::AdoptError),
+    #[error(transparent)]
     Ownership(#[from] crate::storage::ownership::OwnershipError),
     #[error("cannot open the store: {0}")]
     Store(String),
@@ -374,10 +376,12 @@ pub(crate) fn peer_client_tls(
 }
 
 /// Starts the member and serves until SIGINT or SIGTERM, or until it must stop.
-pub async fn run(config: Config) -> Result<(), BootError> {
+pub async fn run(mut config: Config) -> Result<(), BootError> {
     for notice in &config.notices {
         tracing::warn!("{notice}");
     }
+    // On a data dir etcd left, keelson's own data dir is the one beside etcd's files.
+    config.data_dir = crate::adopt::resolve_data_dir(&config)?;
     let member_dir = config.data_dir.join("member");
     let storage = open_storage(&config)?;
     let peer_tls = peer_client_tls(&config)?;

@@ -1,5 +1,6 @@
 //! keelson: an etcd v3 server on openraft and RocksDB.
 
+pub mod adopt;
 pub mod api;
 pub mod auth;
 pub mod auth_bootstrap;

@@ -15,9 +15,9 @@ use super::auth::caller;
 use crate::member::Member;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::snapshot::stream::Chunk;
 
@@ -58,6 +58,20 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(
             self.member.alarm(request.into_inner()).await?,
         ))
+    }
+
+    /// etcd 3.5's Downgrade: admin only (with etcd's gRPC errors, not the auth package's
+    /// text), and always refused (see api/downgrade.rs).
+    async fn downgrade(
+        &self,
+        request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        let credentials = super::auth::credentials(&request);
+        let caller = self.member.caller(&credentials).await?;
+        self.member.auth().check_admin(&caller)?;
+        let asked = super::downgrade::check(request.get_ref().action, &request.get_ref().version)?;
+        self.member.raft().read_index().await?;
+        Err(super::downgrade::refusal(asked))
     }
 
     async fn defragment(

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod downgrade;
 pub mod election;
 pub mod health;
 pub mod kv;

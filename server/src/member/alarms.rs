@@ -10,6 +10,19 @@ use crate::storage::{Storage, StorageError, CF_META};
 
 const PREFIX: &[u8] = b"alarm/";
 
+/// The start of every alarm's key in the meta column family.
+pub const KEY_PREFIX: &[u8] = PREFIX;
+
+/// (member, alarm) of an alarm's key in the meta column family; `None` for another key.
+pub fn decode_key(key: &[u8]) -> Option<(u64, i32)> {
+    let rest = key.strip_prefix(PREFIX)?;
+    let (member, alarm) = rest.split_at(8.min(rest.len()));
+    Some((
+        u64::from_be_bytes(member.try_into().ok()?),
+        i32::from_be_bytes(alarm.try_into().ok()?),
+    ))
+}
+
 fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
     let mut key = PREFIX.to_vec();
     key.extend_from_slice(&member.to_be_bytes());

@@ -5,6 +5,7 @@
 //! is removed, and r itself goes too if it is a tombstone. Each batch records how far it got in
 //! the same RocksDB write, so an interrupted compaction resumes where it stopped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
@@ -29,6 +30,9 @@ struct Inner {
     target: Mutex<i64>,
     wake: Condvar,
     finished_tx: watch::Sender<i64>,
+    /// Set by `stop`: the worker ends (and lets go of the store) at its next batch boundary.
+    stopped: AtomicBool,
+    worker: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl Compactor {
@@ -39,12 +43,31 @@ impl Compactor {
             target: Mutex::new(finished),
             wake: Condvar::new(),
             finished_tx,
+            stopped: AtomicBool::new(false),
+            worker: Mutex::new(None),
         });
         let worker = inner.clone();
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("mvcc-compactor".into())
             .spawn(move || worker.run())?;
+        if let Ok(mut slot) = inner.worker.lock() {
+            *slot = Some(handle);
+        }
         Ok(Self { inner })
+    }
+
+    /// Stops the worker and waits for it, so that the store can be closed (a store opened for a
+    /// one-off job, such as adopting an etcd data dir). A compaction left unfinished resumes
+    /// when the store is opened again: each batch records its progress.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        if let Ok(_target) = self.inner.target.lock() {
+            self.inner.wake.notify_all();
+        }
+        let handle = self.inner.worker.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 
     /// Asks for every version superseded at or below `revision` to be removed.
@@ -84,6 +107,9 @@ impl Inner {
                     return;
                 };
                 while *target <= *self.finished_tx.borrow() {
+                    if self.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
                     target = match self.wake.wait(target) {
                         Ok(t) => t,
                         Err(_) => return,
@@ -91,6 +117,9 @@ impl Inner {
                 }
                 *target
             };
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
             let from = *self.finished_tx.borrow();
             match compact_batch(&self.storage, from, target) {
                 Ok(progress) => {

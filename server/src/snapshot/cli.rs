@@ -13,12 +13,13 @@ Usage:
   keelson snapshot restore FILE [--data-dir DIR] [--name NAME] [--initial-cluster NAME=URL,...]
                                 [--initial-cluster-token TOKEN]
                                 [--initial-advertise-peer-urls URL,...] [--skip-hash-check]
+                                [--wal-dir DIR]
   keelson snapshot status FILE [-w simple|table|json]
 
 restore builds a keelson data dir from an etcd snapshot (from `etcdctl snapshot save`, made by
 etcd or by keelson): every revision it holds, leases, the compacted revision, and a new
 cluster membership from the flags (defaults as etcdctl's). Start keelson on the data dir
-afterwards. status prints what `etcdctl snapshot status` prints.";
+afterwards (with the same --wal-dir, if one was given). status prints what `etcdctl snapshot status` prints.";
 
 /// Runs the subcommand; returns what to print on stdout.
 pub fn run(args: &[String]) -> Result<String, SnapshotError> {
@@ -118,6 +119,7 @@ fn restore_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
         "initial-advertise-peer-urls",
         "http://localhost:2380",
     );
+    let wal_dir = parsed.flags.remove("wal-dir").map(PathBuf::from);
     let skip = match take(&mut parsed, "skip-hash-check", "false").as_str() {
         "true" => true,
         "false" => false,
@@ -143,6 +145,7 @@ fn restore_command(mut parsed: Parsed) -> Result<String, SnapshotError> {
             .map(String::from)
             .collect(),
         skip_hash_check: skip,
+        wal_dir,
     };
     let done = restore::run(&opts).map_err(|e| match e {
         usage @ SnapshotError::Usage(_) => usage,

@@ -133,6 +133,9 @@ pub fn export(storage: &Storage, out: &mut dyn BackendSink) -> Result<Exported, 
     };
     let auth = read_auth(&view)?;
     out.begin_bucket(etcd::BUCKET_ALARM)?;
+    for key in read_alarms(&view)? {
+        out.put(&key, &[])?;
+    }
     for (bucket, pairs) in [
         (etcd::BUCKET_AUTH, &auth.settings),
         (etcd::BUCKET_AUTH_ROLES, &auth.roles),
@@ -190,6 +193,28 @@ struct AuthBuckets {
 /// and roles in etcd's own encoding, so their values pass through once checked readable (a
 /// corrupt record fails the export rather than giving etcd a file it cannot load). Auth data is
 /// a few records per user and role, so it is gathered before writing.
+/// The raised alarms as etcd keeps them: each an encoded `AlarmMember` key with no value, in
+/// key order (etcd's restore and start read them back from the `alarm` bucket).
+fn read_alarms(view: &View<'_>) -> Result<Vec<Vec<u8>>, SnapshotError> {
+    use crate::member::alarms::{decode_key, KEY_PREFIX};
+    use crate::proto::etcdserverpb::AlarmMember;
+    let mut keys = Vec::new();
+    let mut iter = view
+        .storage
+        .db()
+        .raw_iterator_cf_opt(view.storage.cf(CF_META), view.options());
+    iter.seek(KEY_PREFIX);
+    while let Some(key) = iter.key().filter(|k| k.starts_with(KEY_PREFIX)) {
+        let (member_id, alarm) =
+            decode_key(key).ok_or_else(|| SnapshotError::Store("unreadable alarm key".into()))?;
+        keys.push(AlarmMember { member_id, alarm }.encode_to_vec());
+        iter.next();
+    }
+    iter.status()?;
+    keys.sort();
+    Ok(keys)
+}
+
 fn read_auth(view: &View<'_>) -> Result<AuthBuckets, SnapshotError> {
     use crate::auth::{KEY_ENABLED, KEY_REVISION, PREFIX, ROLE_PREFIX, USER_PREFIX};
     use crate::proto::authpb::{Role, User};

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use prost::Message;
 use rocksdb::WriteBatch;
@@ -41,6 +40,9 @@ pub struct RestoreOptions {
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: Vec<String>,
     pub skip_hash_check: bool,
+    /// etcdctl's `--wal-dir`: the store's write-ahead log in a directory of its own (start
+    /// keelson with the same `--wal-dir` afterwards).
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// The auth state a restore brought in.
@@ -73,15 +75,26 @@ pub fn run(opts: &RestoreOptions) -> Result<Restored, SnapshotError> {
             opts.data_dir.display().to_string()
         )));
     }
+    if let Some(wal_dir) = &opts.wal_dir {
+        if wal_dir.exists() {
+            return Err(SnapshotError::Usage(format!(
+                "wal-dir {:?} exists",
+                wal_dir.display().to_string()
+            )));
+        }
+    }
     let ident = identity_from_flags(opts)?;
     let db_len = super::verify(&opts.file, opts.skip_hash_check)?;
     let reader = BoltReader::new(File::open(&opts.file)?, db_len)?;
     let temp = temp_dir_for(&opts.data_dir)?;
-    let built = build(&reader, &temp, &ident);
+    let built = build(&reader, &temp, opts, &ident);
     let restored = match built {
         Ok(restored) => restored,
         Err(e) => {
             let _ = fs::remove_dir_all(&temp);
+            if let Some(wal_dir) = &opts.wal_dir {
+                let _ = fs::remove_dir_all(wal_dir);
+            }
             return Err(e);
         }
     };
@@ -153,15 +166,67 @@ fn identity_from_flags(opts: &RestoreOptions) -> Result<Identity, SnapshotError>
     })
 }
 
-fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, SnapshotError> {
-    crate::storage::ownership::claim(dir, None).map_err(|e| SnapshotError::Store(e.to_string()))?;
+fn build(
+    reader: &BoltReader,
+    dir: &Path,
+    opts: &RestoreOptions,
+    ident: &Identity,
+) -> Result<Restored, SnapshotError> {
+    let store_error =
+        |e: crate::storage::ownership::OwnershipError| SnapshotError::Store(e.to_string());
+    match &opts.wal_dir {
+        None => crate::storage::ownership::claim(dir, None).map_err(store_error)?,
+        // The markers name the data dir by its final name, not the one it is built under.
+        Some(wal_dir) => crate::storage::ownership::claim_restored(dir, &opts.data_dir, wal_dir)
+            .map_err(store_error)?,
+    }
     let store_dir = dir.join("member").join("db");
-    let storage = Storage::open(&store_dir)?;
-    let leases = load_leases(reader, &storage)?;
-    let (changes, last_main) = load_changes(reader, &storage)?;
+    let storage = Storage::open_with_wal(&store_dir, opts.wal_dir.as_deref())?;
+    let loaded = load_backend(reader, &storage)?;
+    save_identity(&storage, ident).map_err(|e| SnapshotError::Store(e.to_string()))?;
+    make_durable(&storage)?;
+    drop(storage);
+    sync_tree(dir)?;
+    if let Some(wal_dir) = &opts.wal_dir {
+        sync_tree(wal_dir)?;
+        sync_dir(parent_of(wal_dir))?;
+    }
+    Ok(Restored {
+        revision: loaded.revision,
+        compacted: loaded.compacted,
+        changes: loaded.changes,
+        keys: loaded.keys,
+        leases: loaded.leases,
+        member_id: ident.member_id,
+        cluster_id: ident.cluster_id,
+        auth: loaded.auth,
+    })
+}
+
+/// What [`load_backend`] brought into a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loaded {
+    pub revision: i64,
+    pub compacted: i64,
+    pub changes: u64,
+    pub keys: i64,
+    pub leases: u64,
+    pub alarms: u64,
+    pub auth: RestoredAuth,
+}
+
+/// Loads etcd's buckets (keys with their whole retained history, leases, compaction, auth,
+/// alarms) into a new, empty store. Used by restore and by the adoption of an etcd data dir.
+pub(crate) fn load_backend(
+    reader: &BoltReader,
+    storage: &Storage,
+) -> Result<Loaded, SnapshotError> {
+    let leases = load_leases(reader, storage)?;
+    let (changes, last_main) = load_changes(reader, storage)?;
     let (finished, scheduled) = read_compaction(reader)?;
-    let keys = index_live_keys(&storage, &leases)?;
-    let auth = load_auth(reader, &storage)?;
+    let keys = index_live_keys(storage, &leases)?;
+    let auth = load_auth(reader, storage)?;
+    let alarms = load_alarms(reader, storage)?;
     let revision = last_main.max(finished).max(scheduled).max(1);
     let mut batch = WriteBatch::default();
     let meta = storage.cf(CF_META);
@@ -174,20 +239,40 @@ fn build(reader: &BoltReader, dir: &Path, ident: &Identity) -> Result<Restored, 
         batch.put_cf(meta, META_COMPACT_SCHEDULED, scheduled.to_be_bytes());
     }
     storage.write(batch)?;
-    save_identity(&storage, ident).map_err(|e| SnapshotError::Store(e.to_string()))?;
-    make_durable(&storage)?;
-    drop(storage);
-    sync_tree(dir)?;
-    Ok(Restored {
+    Ok(Loaded {
         revision,
         compacted: finished.max(scheduled),
         changes,
         keys,
         leases: leases.len() as u64,
-        member_id: ident.member_id,
-        cluster_id: ident.cluster_id,
+        alarms,
         auth,
     })
+}
+
+/// etcd's `alarm` bucket (keys are `AlarmMember` messages): raised alarms stay raised, as
+/// etcd keeps them across its own restore (it copies the bucket with the rest of the file).
+fn load_alarms(reader: &BoltReader, storage: &Storage) -> Result<u64, SnapshotError> {
+    use crate::proto::etcdserverpb::AlarmMember;
+    let Some(bucket) = reader.bucket(etcd::BUCKET_ALARM)? else {
+        return Ok(0);
+    };
+    let alarms = crate::member::alarms::Alarms::load(storage)?;
+    let mut batch = WriteBatch::default();
+    let mut count = 0;
+    for entry in bucket {
+        let entry = entry?;
+        let alarm = AlarmMember::decode(entry.key.as_slice())
+            .map_err(|e| SnapshotError::File(format!("unreadable alarm: {e}")))?;
+        if alarms
+            .activate(&mut batch, storage, alarm.member_id, alarm.alarm)
+            .is_some()
+        {
+            count += 1;
+        }
+    }
+    storage.write(batch)?;
+    Ok(count)
 }
 
 /// The `lease` bucket into the `lease` column family; returns the lease IDs.
@@ -381,7 +466,7 @@ fn index_live_keys(storage: &Storage, leases: &HashSet<i64>) -> Result<i64, Snap
 }
 
 /// Flushes the memtables to SST files and fsyncs RocksDB's WAL.
-fn make_durable(storage: &Arc<Storage>) -> Result<(), SnapshotError> {
+pub(crate) fn make_durable(storage: &Storage) -> Result<(), SnapshotError> {
     for name in crate::storage::all_column_families() {
         storage.db().flush_cf(storage.cf(name))?;
     }
@@ -391,7 +476,7 @@ fn make_durable(storage: &Arc<Storage>) -> Result<(), SnapshotError> {
 
 /// fsyncs every file and directory under `dir` (RocksDB syncs its own files; the directory
 /// entries and the marker are ours to make durable before the rename publishes them).
-fn sync_tree(dir: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn sync_tree(dir: &Path) -> Result<(), SnapshotError> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -404,7 +489,7 @@ fn sync_tree(dir: &Path) -> Result<(), SnapshotError> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
     File::open(dir)?.sync_all()?;
     Ok(())
 }

@@ -173,6 +173,7 @@ fn restore_options(file: std::path::PathBuf, data_dir: std::path::PathBuf) -> Re
         initial_cluster_token: "t".into(),
         initial_advertise_peer_urls: vec![url],
         skip_hash_check: true,
+        wal_dir: None,
     }
 }
 

@@ -133,6 +133,11 @@ impl Storage {
         Self::open_with_observer(dir, Arc::new(NoObserver))
     }
 
+    /// Opens the database under `dir` with its write-ahead log in `wal_dir` (or inside `dir`).
+    pub fn open_with_wal(dir: &Path, wal_dir: Option<&Path>) -> Result<Arc<Self>> {
+        Self::open_with_wal_dir(dir, wal_dir, Arc::new(NoObserver))
+    }
+
     pub fn open_with_observer(dir: &Path, observer: Arc<dyn DiskObserver>) -> Result<Arc<Self>> {
         Self::open_with_wal_dir(dir, None, observer)
     }

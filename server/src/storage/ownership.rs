@@ -2,9 +2,11 @@
 //! are empty, missing, or its own, and then marks them as its own.
 //!
 //! The danger this guards against is silent data loss: an operator who swaps etcd's binary
-//! for keelson's with the same flags would otherwise get a healthy member with an empty store
-//! beside etcd's files, and kube-apiserver would see an empty cluster. So etcd's layout
-//! (`member/snap/db`, `member/snap/*.snap`, `member/wal/*.wal`) and anything else keelson does
+//! for keelson's with the same flags must never get a healthy member with an empty store
+//! beside etcd's files (kube-apiserver would see an empty cluster). A complete etcd data dir
+//! (`member/snap/db` and `member/wal/`) is adopted before this check runs (crate::adopt: keelson's
+//! data dir is then `<data-dir>/keelson`); what is left of etcd's layout here (`member/snap/db`,
+//! `member/snap/*.snap`, `member/wal/*.wal` without the rest) and anything else keelson does
 //! not recognise is a fatal error that says what was found and what to do.
 //!
 //! keelson's own layout: `member/db/` (RocksDB), `member/snap/` (raft snapshots),
@@ -41,10 +43,12 @@ const SNAP_INCOMING: &str = "snap-incoming";
 /// Temporary files of `Maintenance.Snapshot` (snapshot/stream.rs).
 pub const SNAP_EXPORT: &str = "snap-export";
 
-const WHAT_TO_DO: &str = "keelson does not take over etcd's data dir in place, and refuses to \
-start beside etcd's files rather than serve an empty store. Take a snapshot from the running \
-etcd (`etcdctl snapshot save FILE`), restore it with `keelson snapshot restore FILE --data-dir \
-NEW_DIR ...` (etcdctl's flags; see docs/migration.md) and start keelson on NEW_DIR";
+const WHAT_TO_DO: &str = "keelson takes over an etcd data dir in place only when it holds both \
+etcd's bbolt file (member/snap/db) and its log (member/wal/), and refuses to start beside a part \
+of etcd's files rather than serve an empty store. Start keelson on etcd's complete data dir, or \
+take a snapshot from the running etcd (`etcdctl snapshot save FILE`), restore it with `keelson \
+snapshot restore FILE --data-dir NEW_DIR ...` (etcdctl's flags; see docs/migration.md) and start \
+keelson on NEW_DIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnershipError {
@@ -206,6 +210,28 @@ pub fn claim(data_dir: &Path, wal_dir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Marks `build_dir`, a data dir being built under a temporary name that will become
+/// `data_dir`, as keelson's with its write-ahead log in `wal_dir` (which must not exist yet):
+/// what `claim` records for a start with `--data-dir data_dir --wal-dir wal_dir`.
+pub fn claim_restored(build_dir: &Path, data_dir: &Path, wal_dir: &Path) -> Result<()> {
+    let data_abs = std::path::absolute(data_dir).map_err(io_error(data_dir))?;
+    let wal_abs = std::path::absolute(wal_dir).map_err(io_error(wal_dir))?;
+    if wal_abs.starts_with(&data_abs) || data_abs.starts_with(&wal_abs) {
+        return Err(OwnershipError::WalDirInvalid(wal_abs.display().to_string()));
+    }
+    let member = build_dir.join(MEMBER);
+    create_private_dir(&member)?;
+    write_json(
+        &member.join(MARKER),
+        &Marker {
+            format: FORMAT,
+            wal_dir: Some(wal_abs.clone()),
+        },
+    )?;
+    create_private_dir(&wal_abs)?;
+    write_json(&wal_abs.join(WAL_MARKER), &WalMarker { data_dir: data_abs })
+}
+
 /// A few names, then how many more.
 fn summarise(found: &[String]) -> String {
     const SHOWN: usize = 5;
@@ -252,6 +278,8 @@ fn inspect_data_dir(data_dir: &Path, wal_dir: Option<&Path>) -> Result<Findings>
         }
         match (name.as_str(), is_dir) {
             (LOST_FOUND, true) | (FIXTURES, true) => {}
+            // The record of the etcd files an adopted data dir was imported from.
+            (crate::adopt::ADOPTED_FROM, false) => {}
             (MEMBER, true) => inspect_member(&path, wal_dir, &mut findings)?,
             _ => findings.unknown.push(name),
         }
