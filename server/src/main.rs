@@ -3,6 +3,12 @@ use std::process::ExitCode;
 use keelson::config::{self, Parsed};
 use keelson::version::{ETCD_VERSION, KEELSON_VERSION};
 
+/// jemalloc for every allocation of the process, RocksDB's included (see the workspace
+/// Cargo.toml for the measurement that chose it).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -253,6 +253,17 @@ impl Storage {
     }
 }
 
+impl Drop for Storage {
+    /// With `manual_wal_flush`, records written since the last group commit are still in
+    /// RocksDB's buffer: a clean stop writes them, so that the next start has nothing of its
+    /// own to redo (a crash instead redoes them from the raft log).
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::warn!(error = %e, "could not write the last WAL records at close");
+        }
+    }
+}
+
 /// Bytes of the state machine's data (see [`Storage::data_size`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DataSize {
