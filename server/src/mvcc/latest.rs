@@ -149,12 +149,20 @@ mod tests {
         let cache = LatestVersions::new(5, 1 << 20);
         cache.fill(&key("a"), 5, &kv("a", "1", 3));
         assert_eq!(cache.get(&key("a"), 5), Some(kv("a", "1", 3)));
-        assert_eq!(cache.get(&key("a"), 4), None, "a reader at another revision misses");
+        assert_eq!(
+            cache.get(&key("a"), 4),
+            None,
+            "a reader at another revision misses"
+        );
         cache.advance(5, 6, [(key("a"), None)]);
         assert_eq!(cache.get(&key("a"), 6), Some(None), "deleted at 6");
         assert_eq!(cache.get(&key("a"), 5), None);
         cache.fill(&key("b"), 5, &kv("b", "old", 2));
-        assert_eq!(cache.get(&key("b"), 6), None, "a fill for a past revision is dropped");
+        assert_eq!(
+            cache.get(&key("b"), 6),
+            None,
+            "a fill for a past revision is dropped"
+        );
     }
 
     #[test]
@@ -182,7 +190,10 @@ mod tests {
         let inner = cache.inner.lock().expect("lock");
         assert!(inner.bytes <= budget, "{} bytes over {budget}", inner.bytes);
         assert!(inner.entries.len() <= 10);
-        assert!(inner.entries.contains(&key("k0")), "recently read entries stay");
+        assert!(
+            inner.entries.contains(&key("k0")),
+            "recently read entries stay"
+        );
         assert!(!inner.entries.contains(&key("k1")), "old entries go");
     }
 

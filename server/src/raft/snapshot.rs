@@ -29,7 +29,9 @@ impl SnapshotData {
     /// The data of a snapshot that only records a point in the log (see
     /// `StateMachine::try_create_snapshot_builder`); openraft keeps its metadata only.
     pub fn not_materialised() -> Self {
-        Self { dir: PathBuf::new() }
+        Self {
+            dir: PathBuf::new(),
+        }
     }
 }
 
