@@ -6,7 +6,7 @@ KEELSON_BIN := $(PROFILE_DIR)/keelson
 RUN_ARGS ?=
 
 .PHONY: run build deps test-deps test lint fmt clippy clean bench-build bench bench-scale \
-	bench-go-deps go-load bench-go deploy-test chart-test chart-sync image robustness
+	bench-go-deps go-load bench-go bench-snapshot deploy-test chart-test chart-sync image robustness
 
 deps:
 	@scripts/install-deps.sh
@@ -121,6 +121,13 @@ bench-go: test-deps bench-build go-load
 	$(BENCH_BIN) suite --load-generator go --go-load-bin $(GO_LOAD_BIN) \
 		--keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
 		--results-dir $(CURDIR)/bench/results $(BENCH_GO_ARGS) </dev/null
+
+## A large store through etcd's snapshot file both ways with the real tools (etcd -> keelson
+## -> etcd): time and peak memory of every step; fails if any hop changes the data or keelson
+## buffers the store. SNAPSHOT_KEYS (default 1000000).
+SNAPSHOT_KEYS ?= 1000000
+bench-snapshot: test-deps bench-build
+	KEYS=$(SNAPSHOT_KEYS) ETCD_BIN=$(ETCD_BIN) bench/snapshot-roundtrip.sh $(KEELSON_RELEASE_BIN) $(BENCH_BIN) </dev/null
 
 ## 1M keys, then 5M when disk, memory and the time bound allow: RSS, disk, LIST latency and
 ## restart-to-first-read for both servers; writes bench/results/SCALE-LATEST.md.
