@@ -109,6 +109,15 @@ pub enum EtcdError {
     /// etcd has no gRPC error for this one: its own text reaches the client as `Unknown`.
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// etcd has no gRPC error for an unknown Downgrade action: its text with code `Unknown`.
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
     /// An error etcd returns without turning it into its gRPC form (its Maintenance admin
     /// checks answer `Unknown` with the auth package's own text, e.g. `auth: permission denied`).
     #[error("{0}")]
@@ -137,7 +146,7 @@ pub type EtcdResult<T> = Result<T, EtcdError>;
 
 impl EtcdError {
     /// Every error with a fixed message, for turning a message back into its error.
-    const WITH_FIXED_MESSAGE: [EtcdError; 51] = [
+    const WITH_FIXED_MESSAGE: [EtcdError; 55] = [
         EtcdError::Compacted,
         EtcdError::FutureRevision,
         EtcdError::NoLeader,
@@ -189,6 +198,10 @@ impl EtcdError {
         EtcdError::InvalidAuthMgmt,
         EtcdError::AuthOldRevision,
         EtcdError::NoPasswordUser,
+        EtcdError::WrongDowngradeVersionFormat,
+        EtcdError::InvalidDowngradeTargetVersion,
+        EtcdError::NoInflightDowngrade,
+        EtcdError::UnknownMethod,
     ];
 
     /// The error whose message is `message` (errors travel through the raft log as text).

@@ -4,14 +4,8 @@
 //! etcd 3.4 is a snapshot and a restore, docs/migration.md). So every well-formed target gets
 //! etcd's "invalid downgrade target version", and no downgrade job is ever in flight.
 
-use tonic::{Code, Status};
-
+use crate::error::EtcdError;
 use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
-
-pub const WRONG_FORMAT: &str = "etcdserver: wrong downgrade target version format";
-pub const INVALID_TARGET: &str = "etcdserver: invalid downgrade target version";
-pub const NO_INFLIGHT: &str = "etcdserver: no inflight downgrade job";
-pub const UNKNOWN_METHOD: &str = "etcdserver: unknown method";
 
 /// What a request asks, once its action and version are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,26 +19,25 @@ pub enum Asked {
 
 /// Checks what can be checked without the cluster (etcd's order: the action, then the format
 /// of the target version).
-pub fn check(action: i32, version: &str) -> Result<Asked, Status> {
+pub fn check(action: i32, version: &str) -> Result<Asked, EtcdError> {
     match DowngradeAction::try_from(action) {
         Ok(DowngradeAction::Validate) | Ok(DowngradeAction::Enable) => {
             if is_cluster_version(version) {
                 Ok(Asked::Target)
             } else {
-                Err(Status::new(Code::InvalidArgument, WRONG_FORMAT))
+                Err(EtcdError::WrongDowngradeVersionFormat)
             }
         }
         Ok(DowngradeAction::Cancel) => Ok(Asked::Cancel),
-        // etcd has no gRPC form for this one: its text with code Unknown.
-        Err(_) => Err(Status::new(Code::Unknown, UNKNOWN_METHOD)),
+        Err(_) => Err(EtcdError::UnknownMethod),
     }
 }
 
 /// The answer after the linearizable read.
-pub fn refusal(asked: Asked) -> Status {
+pub fn refusal(asked: Asked) -> EtcdError {
     match asked {
-        Asked::Target => Status::new(Code::InvalidArgument, INVALID_TARGET),
-        Asked::Cancel => Status::new(Code::FailedPrecondition, NO_INFLIGHT),
+        Asked::Target => EtcdError::InvalidDowngradeTargetVersion,
+        Asked::Cancel => EtcdError::NoInflightDowngrade,
     }
 }
 
@@ -73,7 +66,12 @@ fn is_identifier(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
     use super::*;
+    use crate::api::status::to_status;
+
+    const WRONG_FORMAT: &str = "etcdserver: wrong downgrade target version format";
 
     #[test]
     fn targets_are_read_as_etcd_reads_them() {
@@ -85,7 +83,7 @@ mod tests {
             );
         }
         for bad in ["", "v3.4", "3", "three", "3.4.x", "3.4.0-rc..1"] {
-            let status = check(DowngradeAction::Enable as i32, bad).expect_err(bad);
+            let status = to_status(check(DowngradeAction::Enable as i32, bad).expect_err(bad));
             assert_eq!(
                 (status.code(), status.message()),
                 (Code::InvalidArgument, WRONG_FORMAT)
@@ -95,6 +93,9 @@ mod tests {
             check(DowngradeAction::Cancel as i32, "").ok(),
             Some(Asked::Cancel)
         );
-        assert_eq!(check(7, "3.4").expect_err("unknown").code(), Code::Unknown);
+        assert_eq!(
+            to_status(check(7, "3.4").expect_err("unknown")).code(),
+            Code::Unknown
+        );
     }
 }

@@ -71,7 +71,7 @@ impl Maintenance for MaintenanceService {
         self.member.auth().check_admin(&caller)?;
         let asked = super::downgrade::check(request.get_ref().action, &request.get_ref().version)?;
         self.member.raft().read_index().await?;
-        Err(super::downgrade::refusal(asked))
+        Err(super::downgrade::refusal(asked).into())
     }
 
     async fn defragment(

@@ -33,7 +33,8 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::RoleNotFound
         | EtcdError::RoleNotGranted
         | EtcdError::PermissionNotGranted
-        | EtcdError::AuthNotEnabled => Code::FailedPrecondition,
+        | EtcdError::AuthNotEnabled
+        | EtcdError::NoInflightDowngrade => Code::FailedPrecondition,
         EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
         EtcdError::TooManyTxnOps
         | EtcdError::DuplicateKey
@@ -48,6 +49,8 @@ pub fn to_status(error: EtcdError) -> Status {
         | EtcdError::AuthFailed
         | EtcdError::InvalidAuthMgmt
         | EtcdError::AuthOldRevision
+        | EtcdError::WrongDowngradeVersionFormat
+        | EtcdError::InvalidDowngradeTargetVersion
         | EtcdError::InvalidArgument(_) => Code::InvalidArgument,
         EtcdError::PermissionDenied => Code::PermissionDenied,
         EtcdError::InvalidAuthToken => Code::Unauthenticated,
@@ -57,6 +60,7 @@ pub fn to_status(error: EtcdError) -> Status {
         EtcdError::Internal(_)
         | EtcdError::LeaderTransferTimeout
         | EtcdError::NoPasswordUser
+        | EtcdError::UnknownMethod
         | EtcdError::Untranslated(_) => Code::Unknown,
     };
     Status::new(code, error.to_string())
