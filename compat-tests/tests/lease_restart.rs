@@ -255,24 +255,25 @@ async fn remaining_ttls_of_many_leases_survive_a_restart() {
         tasks.push(tokio::spawn(async move {
             let mut leases = Vec::new();
             for _ in 0..LEASES / 16 + 1 {
-                leases.push(grant(&mut client, TTL).await);
+                let lease = grant(&mut client, TTL).await;
+                leases.push((Instant::now(), lease));
             }
             leases
         }));
     }
-    let mut leases = Vec::new();
+    let mut granted = Vec::new();
     for task in tasks {
-        leases.extend(task.await.expect("grant task"));
+        granted.extend(task.await.expect("grant task"));
     }
-    leases.truncate(LEASES);
-    // After 10 s every lease has been recorded at least once.
-    wait_remaining_at_most(
-        &client,
-        leases[leases.len() - 1],
-        TTL - 11,
-        Duration::from_secs(20),
-    )
-    .await;
+    granted.truncate(LEASES);
+    let leases: Vec<i64> = granted.iter().map(|(_, lease)| *lease).collect();
+    let (_, newest) = *granted
+        .iter()
+        .max_by_key(|(at, _)| *at)
+        .expect("leases were granted");
+    // 10 s after the newest grant every lease has been recorded at least once (a checkpoint
+    // every 5 s records the leases at least 5 s old).
+    wait_remaining_at_most(&client, newest, TTL - 11, Duration::from_secs(20)).await;
 
     server.restart().await;
     let client = server.client().await;

@@ -72,13 +72,58 @@ impl Applier {
     }
 
     /// Applies `request` (or nothing, for raft's own entries) and commits it together with
-    /// what `record` adds to the batch. A failed request commits only `record`'s part.
+    /// what `record` adds to the batch, and with every entry staged before it. A failed request
+    /// commits only `record`'s part.
     pub fn apply(
         &self,
         index: u64,
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError> {
+        let (mut txn, response) = self.execute_entry(index, request)?;
+        record(txn.batch_mut());
+        self.store
+            .commit(txn.finish())
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(response)
+    }
+
+    /// Applies a request that changes nothing but keys (Put, DeleteRange, Txn) and stages it:
+    /// it is written and published with the entries around it by `commit_staged`. `None`,
+    /// with nothing done, for any other request.
+    pub fn stage(
+        &self,
+        index: u64,
+        request: &RaftRequest,
+        record: &dyn Fn(&mut WriteBatch),
+    ) -> Result<Option<RaftResponse>, StorageError> {
+        if !matches!(
+            request.request,
+            Some(Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_))
+        ) {
+            return Ok(None);
+        }
+        let (txn, response) = self.execute_entry(index, Some(request))?;
+        self.store
+            .stage(txn.finish(), record)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(Some(response))
+    }
+
+    /// Writes every staged entry as one batch and publishes them.
+    pub fn commit_staged(&self) -> Result<(), StorageError> {
+        self.store
+            .commit_staged()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))
+    }
+
+    /// Executes an entry's request: the txn holding its changes (none if it was refused) and
+    /// the answer for the client.
+    fn execute_entry(
+        &self,
+        index: u64,
+        request: Option<&RaftRequest>,
+    ) -> Result<(WriteTxn<'_>, RaftResponse), StorageError> {
         let mut txn = WriteTxn::new(&self.store);
         let outcome = match request {
             Some(RaftRequest {
@@ -88,28 +133,35 @@ impl Applier {
             }) => self.execute(&mut txn, index, &Caller::of_entry(auth.as_ref()), inner),
             _ => Ok(None),
         };
-        let (mut txn, response) = match outcome {
-            Ok(response) => (
+        match outcome {
+            Ok(response) => Ok((
                 txn,
                 RaftResponse {
                     response,
                     error: String::new(),
                 },
-            ),
-            Err(EtcdError::Internal(message)) => return Err(StorageError::Corrupt(message)),
-            Err(refused) => (
+            )),
+            Err(EtcdError::Internal(message)) => Err(StorageError::Corrupt(message)),
+            Err(refused) => Ok((
                 WriteTxn::new(&self.store),
                 RaftResponse {
                     response: None,
                     error: refused.to_string(),
                 },
-            ),
-        };
-        record(txn.batch_mut());
-        self.store
-            .commit(txn.finish())
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        Ok(response)
+            )),
+        }
+    }
+}
+
+/// etcd's warning and counter for an apply over 100 ms: a slow disk or an overloaded member,
+/// which the mixin's dashboards show.
+fn note_apply_duration(took: Duration) {
+    if took > SLOW_APPLY {
+        METRICS.slow_apply.inc();
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            "apply request took too long"
+        );
     }
 }
 
@@ -126,17 +178,24 @@ impl StateMachineApplier for Applier {
     ) -> Result<RaftResponse, StorageError> {
         let started = Instant::now();
         let outcome = Applier::apply(self, index, request, record);
-        let took = started.elapsed();
-        if took > SLOW_APPLY {
-            // etcd's warning and counter for an apply over 100 ms: a slow disk or an overloaded
-            // member, which the mixin's dashboards show.
-            METRICS.slow_apply.inc();
-            tracing::warn!(
-                took_ms = took.as_millis() as u64,
-                "apply request took too long"
-            );
-        }
+        note_apply_duration(started.elapsed());
         outcome
+    }
+
+    fn stage(
+        &self,
+        index: u64,
+        request: &RaftRequest,
+        record: &dyn Fn(&mut WriteBatch),
+    ) -> Result<Option<RaftResponse>, StorageError> {
+        let started = Instant::now();
+        let outcome = Applier::stage(self, index, request, record);
+        note_apply_duration(started.elapsed());
+        outcome
+    }
+
+    fn commit_staged(&self) -> Result<(), StorageError> {
+        Applier::commit_staged(self)
     }
 
     fn reload(&self) -> Result<(), StorageError> {
@@ -166,8 +225,11 @@ impl Applier {
         if let Some(outcome) = self.auth.apply(txn.batch_mut(), index, caller, request) {
             return outcome.map(|result| Some(Response::Auth(result)));
         }
-        self.auth
-            .check_entry(caller, request, &|lease| self.lessor.attached_keys(lease))?;
+        self.auth.check_entry(caller, request, &|lease| {
+            // Keys staged entries attached to the lease must be in RocksDB to be listed.
+            self.store.write_staged()?;
+            self.lessor.attached_keys(lease)
+        })?;
         let capped = self.alarms.is_active(AlarmType::Nospace);
         let response = match request {
             Request::Put(_) if capped => return Err(EtcdError::NoSpace),

@@ -248,7 +248,8 @@ impl Member {
             member_id: self.id(),
             alarm: AlarmType::Nospace as i32,
         };
-        if let Err(e) = self.propose(Request::Alarm(raise)).await {
+        // Boxed: this rare path would otherwise make every put's future as large as a proposal's.
+        if let Err(e) = Box::pin(self.propose(Request::Alarm(raise))).await {
             tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
         }
         Err(EtcdError::NoSpace)
@@ -302,7 +303,7 @@ impl Member {
             let caller = &self.caller(credentials).await?;
             self.auth.check_txn(caller, &req)?;
             let resp = self
-                .read_locally(move |store| apply::txn(&mut WriteTxn::new(store), &req))
+                .read_locally(move |store| apply::txn(&mut WriteTxn::for_reading(store), &req))
                 .await?;
             self.auth.check_unchanged(caller)?;
             resp

@@ -3,7 +3,7 @@
 //! (bench/results/perf-push-2.md). Bounded in bytes, so memory does not grow with the data.
 //!
 //! It describes the store at exactly one revision. Only the applier changes it, in
-//! `MvccStore::commit` from the entry's own changes, before the new revision is published;
+//! `MvccStore::stage` from the entry's own changes, before the new revision is published;
 //! and it answers only a transaction that starts at that same revision. Anything else (a
 //! reader at an older revision, a store reloaded from a snapshot) misses and reads RocksDB.
 

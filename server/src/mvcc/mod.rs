@@ -1,5 +1,5 @@
 //! The MVCC key-value store on RocksDB: revisions, versions, ranges at any retained revision,
-//! writes that become one RocksDB batch per applied raft entry, and compaction.
+//! writes that become one RocksDB batch per run of applied raft entries, and compaction.
 //!
 //! Nothing here keeps a per-key index in memory: a range at any revision is answered from the
 //! version encoding on disk (see `keys`), so memory and restart time do not grow with the data.
@@ -11,6 +11,7 @@ pub mod keys;
 pub mod latest;
 pub mod read;
 pub mod record;
+pub mod staged;
 pub mod watch;
 pub mod write;
 
@@ -18,7 +19,7 @@ pub mod write;
 mod model_test;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rocksdb::WriteBatch;
@@ -57,6 +58,8 @@ pub struct MvccStore {
     compactor: Compactor,
     hub: Arc<watch::WatchHub>,
     latest: latest::LatestVersions,
+    /// Entries applied but not yet written or published (`stage`); only the applier uses it.
+    staged: Mutex<staged::Staged>,
 }
 
 impl MvccStore {
@@ -79,6 +82,7 @@ impl MvccStore {
             compactor,
             hub,
             latest: latest::LatestVersions::new(current, LATEST_VERSIONS_BYTES),
+            staged: Mutex::new(staged::Staged::at(current, 0)),
         });
         if scheduled > finished {
             // A compaction was interrupted by a restart: finish it.
@@ -117,7 +121,23 @@ impl MvccStore {
             }
         };
         self.keys.store(keys, Ordering::Release);
+        *self.staged()? = staged::Staged::at(self.current_revision(), keys);
         Ok(())
+    }
+
+    fn staged(&self) -> EtcdResult<MutexGuard<'_, staged::Staged>> {
+        self.staged
+            .lock()
+            .map_err(|_| EtcdError::Internal("the applier's staged state is poisoned".into()))
+    }
+
+    /// The revision the next applied entry starts from: the current revision plus what is
+    /// staged and not yet published.
+    pub fn write_revision(&self) -> i64 {
+        match self.staged.lock() {
+            Ok(staged) => staged.revision,
+            Err(poisoned) => poisoned.into_inner().revision,
+        }
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -196,6 +216,7 @@ impl MvccStore {
         if let Some(known) = self.latest.get(key, at) {
             return Ok(known);
         }
+        self.write_staged()?;
         let found = self.get(key, at)?;
         self.latest.fill(key, at, &found);
         Ok(found)
@@ -210,40 +231,105 @@ impl MvccStore {
             .is_some())
     }
 
-    /// Writes an applied entry's batch and publishes its revision, events and compaction.
+    /// Writes an applied entry's batch, with everything staged before it, and publishes it all.
     pub fn commit(&self, finished: write::FinishedTxn) -> EtcdResult<()> {
+        self.stage(finished, &|_| {})?;
+        self.commit_staged()
+    }
+
+    /// Takes an applied entry's changes without writing them: the next entry starts from its
+    /// revision, and `commit_staged` (or `commit`) writes and publishes them with the entries
+    /// staged around it in one batch. `record` adds what the caller keeps about this entry
+    /// (its applied index); only the newest staged entry's record is written.
+    pub fn stage(
+        &self,
+        finished: write::FinishedTxn,
+        record: &dyn Fn(&mut WriteBatch),
+    ) -> EtcdResult<()> {
         let write::FinishedTxn {
-            mut batch,
+            batch,
             begin,
             change,
             written,
             compaction,
             keys_delta,
         } = finished;
-        if let Some(change) = &change {
+        let mut staged = self.staged()?;
+        if begin != staged.revision {
+            return Err(EtcdError::Internal(format!(
+                "an entry started at revision {begin} while the store is at {}",
+                staged.revision
+            )));
+        }
+        staged.unwritten.append(&batch);
+        let mut trailer = WriteBatch::default();
+        record(&mut trailer);
+        if !trailer.is_empty() {
+            staged.trailer.clear();
+            staged.trailer.append(&trailer);
+        }
+        staged.keys += keys_delta;
+        if let Some(change) = change {
+            self.latest.advance(begin, change.revision, written);
+            staged.revision = change.revision;
+            staged.unpublished.push(change);
+        }
+        staged.compactions.extend(compaction);
+        Ok(())
+    }
+
+    /// Writes what is staged (so that a read of RocksDB sees it), without publishing it.
+    pub fn write_staged(&self) -> EtcdResult<()> {
+        let mut staged = self.staged()?;
+        self.write_locked(&mut staged)
+    }
+
+    fn write_locked(&self, staged: &mut staged::Staged) -> EtcdResult<()> {
+        if !staged.has_unwritten() {
+            return Ok(());
+        }
+        let mut batch = staged.unwritten.to_batch(&staged.trailer);
+        if staged.revision != staged.written_revision {
             batch.put_cf(
                 self.storage.cf(CF_META),
                 META_CURRENT_REVISION,
-                change.revision.to_be_bytes(),
+                staged.revision.to_be_bytes(),
             );
         }
-        let keys = self.keys_total() + keys_delta;
-        if keys_delta != 0 {
+        if staged.keys != staged.written_keys {
             batch.put_cf(
                 self.storage.cf(CF_META),
                 META_KEYS_TOTAL,
-                keys.to_be_bytes(),
+                staged.keys.to_be_bytes(),
             );
         }
         self.storage.write(batch)?;
-        self.keys.store(keys, Ordering::Release);
-        if let Some(change) = change {
-            self.latest.advance(begin, change.revision, written);
+        staged.unwritten.clear();
+        staged.trailer.clear();
+        staged.written_revision = staged.revision;
+        staged.written_keys = staged.keys;
+        Ok(())
+    }
+
+    /// Writes everything staged as one batch, then publishes it: revisions, events, the
+    /// live-key count and compactions, in entry order.
+    pub fn commit_staged(&self) -> EtcdResult<()> {
+        let mut staged = self.staged()?;
+        self.write_locked(&mut staged)?;
+        self.keys.store(staged.keys, Ordering::Release);
+        let changes = std::mem::take(&mut staged.unpublished);
+        let compactions = std::mem::take(&mut staged.compactions);
+        drop(staged);
+        let mut newest = None;
+        for change in changes {
             self.current.store(change.revision, Ordering::Release);
             self.hub.publish(change.revision, &change.events);
-            self.revision_tx.send_replace(change.revision);
+            newest = Some(change.revision);
         }
-        if let Some(revision) = compaction {
+        if let Some(revision) = newest {
+            self.revision_tx.send_replace(revision);
+        }
+        for revision in compactions {
             self.start_compaction(revision);
         }
         Ok(())
@@ -254,7 +340,7 @@ impl MvccStore {
         if revision <= self.compacted_revision() {
             return Err(EtcdError::Compacted);
         }
-        if revision > self.current_revision() {
+        if revision > self.write_revision() {
             return Err(EtcdError::FutureRevision);
         }
         batch.put_cf(

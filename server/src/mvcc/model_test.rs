@@ -153,13 +153,25 @@ fn fresh_store() -> (tempfile::TempDir, Arc<MvccStore>) {
     (dir, store)
 }
 
+/// How writes reach the store: each committed on its own, or staged in runs as the applier
+/// stages a chunk of entries, committed before anything reads the published state.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Writes {
+    Committed,
+    Staged,
+}
+
 fn run_write<T>(
     store: &MvccStore,
+    writes: Writes,
     f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T, EtcdError>,
 ) -> Result<T, EtcdError> {
     let mut txn = WriteTxn::new(store);
     let out = f(&mut txn)?;
-    store.commit(txn.finish())?;
+    match writes {
+        Writes::Committed => store.commit(txn.finish())?,
+        Writes::Staged => store.stage(txn.finish(), &|_| {})?,
+    }
     Ok(out)
 }
 
@@ -174,10 +186,16 @@ fn wait_compacted(store: &MvccStore, rev: i64) {
     }
 }
 
-fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn check(ops: Vec<Op>, writes: Writes) -> Result<(), TestCaseError> {
     let (_dir, store) = fresh_store();
     let mut model = Model::new();
+    let mut published = store.current_revision();
     for op in ops {
+        let reads = matches!(op, Op::Compact { .. } | Op::Range { .. });
+        if reads || writes == Writes::Committed {
+            store.commit_staged().expect("staged entries commit");
+            published = model.current;
+        }
         match op {
             Op::Put { key, value } => {
                 let req = PutRequest {
@@ -185,7 +203,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     value: Bytes::from(vec![value]),
                     ..Default::default()
                 };
-                let resp = run_write(&store, |t| apply::put(t, &req)).expect("put applies");
+                let resp = run_write(&store, writes, |t| apply::put(t, &req)).expect("put applies");
                 model.current += 1;
                 model.put(req.key.clone(), req.value.clone(), model.current);
                 prop_assert_eq!(resp.header.map(|h| h.revision), Some(model.current));
@@ -196,8 +214,8 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     range_end: range_end(end),
                     ..Default::default()
                 };
-                let resp =
-                    run_write(&store, |t| apply::delete_range(t, &req)).expect("delete applies");
+                let resp = run_write(&store, writes, |t| apply::delete_range(t, &req))
+                    .expect("delete applies");
                 let deleted = model.delete(&req.key, &req.range_end, model.current + 1);
                 if deleted > 0 {
                     model.current += 1;
@@ -233,7 +251,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         })),
                     }],
                 };
-                let resp = run_write(&store, |t| apply::txn(t, &req)).expect("txn applies");
+                let resp = run_write(&store, writes, |t| apply::txn(t, &req)).expect("txn applies");
                 let version = model
                     .at(&key_bytes(key), model.current)
                     .map_or(0, |kv| kv.version);
@@ -253,7 +271,8 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     revision: rev,
                     physical: true,
                 };
-                let got = run_write(&store, |t| apply::compaction(t, &req)).map(|_| ());
+                let got = run_write(&store, Writes::Committed, |t| apply::compaction(t, &req))
+                    .map(|_| ());
                 let want = if rev <= model.compacted {
                     Err(EtcdError::Compacted)
                 } else if rev > model.current {
@@ -309,8 +328,18 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
         }
+        if writes == Writes::Staged && !reads {
+            // Staged writes are not published: readers stay at the last committed revision
+            // while the next write starts after them.
+            prop_assert_eq!(store.current_revision(), published, "published revision");
+            prop_assert_eq!(store.write_revision(), model.current, "write revision");
+            continue;
+        }
+        prop_assert_eq!(store.current_revision(), model.current, "current revision");
         prop_assert_eq!(store.keys_total(), model.live_keys(), "live-key count");
     }
+    store.commit_staged().expect("staged entries commit");
+    prop_assert_eq!(store.current_revision(), model.current, "current revision");
     // The count is read back as persisted (a restart or a snapshot install reloads it).
     store.reload().expect("reload");
     prop_assert_eq!(
@@ -326,7 +355,12 @@ proptest! {
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op_strategy(), 1..60)) {
-        check(ops)?;
+        check(ops, Writes::Committed)?;
+    }
+
+    #[test]
+    fn store_matches_model_with_staged_writes(ops in proptest::collection::vec(op_strategy(), 1..60)) {
+        check(ops, Writes::Staged)?;
     }
 }
 
@@ -339,13 +373,13 @@ fn reads_at_the_compacted_revision_still_work_after_physical_compaction() {
             value: Bytes::copy_from_slice(v),
             ..Default::default()
         };
-        run_write(&store, |t| apply::put(t, &req)).expect("put");
+        run_write(&store, Writes::Committed, |t| apply::put(t, &req)).expect("put");
     }
     let req = CompactionRequest {
         revision: 3,
         physical: true,
     };
-    run_write(&store, |t| apply::compaction(t, &req)).expect("compact");
+    run_write(&store, Writes::Committed, |t| apply::compaction(t, &req)).expect("compact");
     wait_compacted(&store, 3);
     let at3 = store
         .range(&RangeRequest {
@@ -372,7 +406,7 @@ fn a_store_without_a_recorded_key_count_is_counted_once() {
             value: Bytes::from_static(b"v"),
             ..Default::default()
         };
-        run_write(&store, |t| apply::put(t, &req)).expect("put");
+        run_write(&store, Writes::Committed, |t| apply::put(t, &req)).expect("put");
     }
     // As a store written before the count existed.
     let storage = store.storage().clone();

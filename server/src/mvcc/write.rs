@@ -19,6 +19,9 @@ use crate::storage::{CF_KV, CF_LEASE_KEYS, CF_REV};
 pub struct WriteTxn<'s> {
     store: &'s MvccStore,
     begin: i64,
+    /// A read-only txn of a client, outside the applier: it reads the published revision and
+    /// never writes what the applier has staged.
+    reader: bool,
     changes: u32,
     /// Keys written so far: `Some` holds the new version, `None` a deletion.
     overlay: BTreeMap<Bytes, Option<KeyValue>>,
@@ -42,10 +45,21 @@ pub struct FinishedTxn {
 }
 
 impl<'s> WriteTxn<'s> {
+    /// The applier's txn for the next entry, after everything applied (and staged) so far.
     pub fn new(store: &'s MvccStore) -> Self {
+        Self::starting_at(store, store.write_revision(), false)
+    }
+
+    /// A read-only txn at the published revision, for a client's read-only Txn.
+    pub fn for_reading(store: &'s MvccStore) -> Self {
+        Self::starting_at(store, store.current_revision(), true)
+    }
+
+    fn starting_at(store: &'s MvccStore, begin: i64, reader: bool) -> Self {
         Self {
             store,
-            begin: store.current_revision(),
+            begin,
+            reader,
             changes: 0,
             overlay: BTreeMap::new(),
             batch: WriteBatch::default(),
@@ -81,6 +95,9 @@ impl<'s> WriteTxn<'s> {
     pub fn latest(&self, key: &Bytes) -> EtcdResult<Option<KeyValue>> {
         if let Some(change) = self.overlay.get(key) {
             return Ok(change.clone());
+        }
+        if self.reader {
+            return self.store.get(key, self.begin);
         }
         self.store.get_for_write(key, self.begin)
     }
@@ -239,6 +256,10 @@ impl KvSource for WriteTxn<'_> {
         at: i64,
         visitor: &mut dyn FnMut(Visible<'_>) -> EtcdResult<bool>,
     ) -> EtcdResult<()> {
+        if !self.reader {
+            // The entries staged before this one must be in RocksDB for the read to see them.
+            self.store.write_staged()?;
+        }
         if at <= self.begin || !self.overlay_touches(range) {
             return visit_committed(self.store, range, at.min(self.begin), visitor);
         }

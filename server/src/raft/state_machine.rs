@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot};
 use rocksdb::WriteBatch;
 
@@ -15,6 +15,7 @@ use super::peer::client::REMOVED_MESSAGE;
 use super::snapshot::{copy_state_machine, SnapshotData, SnapshotStore};
 use super::types::{Applied, Entry, LogId, SnapshotMeta, StoredMembership, TypeConfig};
 use super::{RaftSnapshot, StateMachineApplier, REMOVED_STOP_DELAY};
+use crate::proto::raftpb::RaftRequest;
 use crate::storage::{Storage, StorageError, CF_META, CF_RAFT};
 
 pub(crate) const META_APPLIED: &[u8] = b"raft/applied";
@@ -98,10 +99,47 @@ impl StateMachine {
         self.applied.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Applies entries in order on the calling (blocking) thread.
+    /// Applies entries in order on the calling (blocking) thread. Entries that change only
+    /// keys are staged and written together as one batch; their clients are answered once it
+    /// is written and published.
     fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut staged = StagedEntries::default();
         for (entry, responder) in entries {
-            let applied = self.apply_entry(&entry)?;
+            let request = decode_request(&entry)?;
+            if let Some(request) = &request {
+                if let Some(applied) = self.stage_entry(entry.log_id, request)? {
+                    staged.answers.push((responder, applied));
+                    staged.last = Some(entry.log_id);
+                    continue;
+                }
+            }
+            self.commit_staged(&mut staged)?;
+            let applied = self.apply_entry(&entry, request.as_ref())?;
+            if let Some(responder) = responder {
+                responder.send(applied);
+            }
+        }
+        self.commit_staged(&mut staged)
+    }
+
+    fn stage_entry(&self, log_id: LogId, request: &RaftRequest) -> io::Result<Option<Applied>> {
+        let applied_json = serde_json::to_vec(&Some(log_id)).map_err(io::Error::other)?;
+        let meta_cf = self.storage().cf(CF_META);
+        let record = |batch: &mut WriteBatch| batch.put_cf(meta_cf, META_APPLIED, &applied_json);
+        Ok(self
+            .applier
+            .stage(log_id.index, request, &record)?
+            .map(Applied))
+    }
+
+    /// Writes and publishes the staged entries, then answers their clients.
+    fn commit_staged(&self, staged: &mut StagedEntries) -> io::Result<()> {
+        let Some(last) = staged.last.take() else {
+            return Ok(());
+        };
+        self.applier.commit_staged()?;
+        self.note_applied(last);
+        for (responder, applied) in staged.answers.drain(..) {
             if let Some(responder) = responder {
                 responder.send(applied);
             }
@@ -109,7 +147,14 @@ impl StateMachine {
         Ok(())
     }
 
-    fn apply_entry(&self, entry: &Entry) -> io::Result<Applied> {
+    fn note_applied(&self, log_id: LogId) {
+        if let Ok(mut current) = self.applied.lock() {
+            current.last_applied = Some(log_id);
+        }
+        self.cluster.set_applied(log_id.index);
+    }
+
+    fn apply_entry(&self, entry: &Entry, request: Option<&RaftRequest>) -> io::Result<Applied> {
         let log_id = entry.log_id;
         let membership = match &entry.payload {
             EntryPayload::Membership(m) => Some(StoredMembership::new(Some(log_id), m.clone())),
@@ -137,25 +182,13 @@ impl StateMachine {
                 batch.put_cf(meta_cf, META_REMOVED, r);
             }
         };
-        let request = match &entry.payload {
-            EntryPayload::Normal(proposal) => Some(proposal.decode().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("undecodable proposal: {e}"),
-                )
-            })?),
-            _ => None,
-        };
-        let response = self
-            .applier
-            .apply(log_id.index, request.as_ref(), &record)?;
-        if let Ok(mut current) = self.applied.lock() {
-            current.last_applied = Some(log_id);
-            if let Some(m) = membership {
+        let response = self.applier.apply(log_id.index, request, &record)?;
+        if let Some(m) = membership {
+            if let Ok(mut current) = self.applied.lock() {
                 current.membership = m;
             }
         }
-        self.cluster.set_applied(log_id.index);
+        self.note_applied(log_id);
         if let Some((all, removes_me)) = removal {
             self.cluster.set_removed(all);
             if removes_me {
@@ -181,6 +214,27 @@ impl StateMachine {
         let mut all = self.cluster.removed();
         all.extend(gone);
         Some((all, removes_me))
+    }
+}
+
+/// Staged entries waiting for their batch to be written: the newest one's log id and the
+/// answers for their clients.
+#[derive(Default)]
+struct StagedEntries {
+    last: Option<LogId>,
+    answers: Vec<(Option<ApplyResponder<TypeConfig>>, Applied)>,
+}
+
+/// The client request an entry carries, if any.
+fn decode_request(entry: &Entry) -> io::Result<Option<RaftRequest>> {
+    match &entry.payload {
+        EntryPayload::Normal(proposal) => proposal.decode().map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("undecodable proposal: {e}"),
+            )
+        }),
+        _ => Ok(None),
     }
 }
 
