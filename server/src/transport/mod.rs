@@ -1,7 +1,6 @@
 //! Listeners: TCP, optionally TLS, serving HTTP/2 (gRPC) and HTTP/1.1 on the same port, as
 //! etcd's client URLs do.
 
-mod coalesce;
 mod h2_authority;
 pub mod tls;
 
@@ -15,7 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use coalesce::CoalescedWrites;
 use h2_authority::AuthorityFix;
 
 /// How long a client may take to finish its TLS handshake.
@@ -106,10 +104,7 @@ async fn serve_connection(
         None => {
             let service = TowerToHyperService::new(router);
             builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(CoalescedWrites::new(AuthorityFix::new(stream))),
-                    service,
-                )
+                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await
         }
         Some(acceptor) => {
@@ -132,10 +127,7 @@ async fn serve_connection(
             };
             let service = TowerToHyperService::new(with_identity(router, identity));
             builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(CoalescedWrites::new(AuthorityFix::new(stream))),
-                    service,
-                )
+                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
                 .await
         }
     };
