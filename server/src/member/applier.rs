@@ -80,10 +80,12 @@ impl Applier {
         request: Option<&RaftRequest>,
         record: &dyn Fn(&mut WriteBatch),
     ) -> Result<RaftResponse, StorageError> {
-        let (mut txn, response) = self.execute_entry(index, request)?;
-        record(txn.batch_mut());
+        let (txn, response) = self.execute_entry(index, request)?;
+        // Through the staged path, so that `record` replaces the record of any entry staged
+        // before this one instead of being written ahead of it in the batch.
         self.store
-            .commit(txn.finish())
+            .stage(txn.finish(), record)
+            .and_then(|()| self.store.commit_staged())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         Ok(response)
     }
