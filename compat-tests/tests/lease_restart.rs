@@ -271,9 +271,12 @@ async fn remaining_ttls_of_many_leases_survive_a_restart() {
         .iter()
         .max_by_key(|(at, _)| *at)
         .expect("leases were granted");
-    // A checkpoint every 5 s records the leases at least 5 s old, so 10 s after the newest
-    // grant every lease has been recorded once; 5 s more leave room for one more round on a
-    // loaded machine (CI twice saw the last chunk of 1000 recorded too late at 11 s).
+    // The leader records, every 5 s, the leases that aged at least 5 s, so the round that
+    // records the newest lease starts at most 10 s after its grant (a lease granted just after
+    // a round is too young for the next one). TimeToLive rounds down: "at most TTL - 16 left"
+    // means more than 15 s since the grant, one whole round after that recording round started
+    // for its entries to be applied. (Waiting for TTL - 11, "more than 10 s", left no margin
+    // at all in the worst phase, and twice the last ~500 leases were not recorded yet.)
     wait_remaining_at_most(&client, newest, TTL - 16, Duration::from_secs(30)).await;
 
     server.restart().await;

@@ -553,10 +553,15 @@ fn serve_listener(
             listener.url
         );
     }
+    let writes = match listener.kind {
+        ListenerKind::Client => transport::Writes::Coalesced,
+        ListenerKind::Metrics | ListenerKind::Peer => transport::Writes::Immediate,
+    };
     tokio::spawn(transport::serve(
         listener.tcp,
         listener.tls,
         listener.router,
+        writes,
         stop.clone(),
     ))
 }

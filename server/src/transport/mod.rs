@@ -1,6 +1,7 @@
 //! Listeners: TCP, optionally TLS, serving HTTP/2 (gRPC) and HTTP/1.1 on the same port, as
 //! etcd's client URLs do.
 
+mod coalesce;
 mod h2_authority;
 pub mod tls;
 
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use coalesce::{CoalescedWrites, InFlight};
 use h2_authority::AuthorityFix;
 
 /// How long a client may take to finish its TLS handshake.
@@ -35,11 +37,22 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// How a listener's connections write their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// Answers completed together go out in one socket write (clients: many requests per
+    /// connection, one raft apply answers dozens of them).
+    Coalesced,
+    /// Each answer is written as soon as it is ready (peers: raft's messages must not wait).
+    Immediate,
+}
+
 /// Serves `router` on `listener` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     router: Router,
+    writes: Writes,
     mut stop: watch::Receiver<bool>,
 ) {
     let builder = connection_builder();
@@ -60,7 +73,7 @@ pub async fn serve(
         let builder = builder.clone();
         let router = router.clone();
         let tls = tls.clone();
-        tokio::spawn(serve_connection(builder, stream, tls, router));
+        tokio::spawn(serve_connection(builder, stream, tls, router, writes));
     }
 }
 
@@ -72,10 +85,12 @@ pub struct ClientIdentity {
     pub common_name: Option<String>,
 }
 
-/// `router`, with the connection's client identity added to each request.
-fn with_identity(
+/// `router` for one connection: the client identity (TLS) added to each request, and each
+/// answer counted in `in_flight` until it is ready.
+fn per_connection(
     router: Router,
-    identity: ClientIdentity,
+    identity: Option<ClientIdentity>,
+    in_flight: Option<InFlight>,
 ) -> impl tower::Service<
     axum::http::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -84,11 +99,20 @@ fn with_identity(
 > + Clone {
     tower::service_fn(
         move |mut request: axum::http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(identity.clone());
+            if let Some(identity) = &identity {
+                request.extensions_mut().insert(identity.clone());
+            }
             let mut router = router.clone();
-            async move {
+            let answer = async move {
                 use tower::Service;
                 router.call(request.map(axum::body::Body::new)).await
+            };
+            let in_flight = in_flight.clone();
+            async move {
+                match in_flight {
+                    Some(in_flight) => in_flight.track(answer).await,
+                    None => answer.await,
+                }
             }
         },
     )
@@ -99,12 +123,15 @@ async fn serve_connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     router: Router,
+    writes: Writes,
 ) {
+    let in_flight = (writes == Writes::Coalesced).then(InFlight::default);
     let outcome = match tls {
         None => {
-            let service = TowerToHyperService::new(router);
+            let service = TowerToHyperService::new(per_connection(router, None, in_flight.clone()));
+            let io = CoalescedWrites::new(AuthorityFix::new(stream), in_flight);
             builder
-                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await
         }
         Some(acceptor) => {
@@ -125,9 +152,11 @@ async fn serve_connection(
                     .and_then(|chain| chain.first())
                     .and_then(|leaf| tls::common_name(leaf)),
             };
-            let service = TowerToHyperService::new(with_identity(router, identity));
+            let service =
+                TowerToHyperService::new(per_connection(router, Some(identity), in_flight.clone()));
+            let io = CoalescedWrites::new(AuthorityFix::new(stream), in_flight);
             builder
-                .serve_connection_with_upgrades(TokioIo::new(AuthorityFix::new(stream)), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .await
         }
     };
