@@ -2,6 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -20,6 +23,8 @@ pub struct Recorder {
     /// Acknowledgement instants of writes (µs since [`crate::keys::epoch`]), for the stall
     /// detector: only the write modes fill it, through [`Recorder::ack`].
     pub acks: Vec<u64>,
+    /// The longest pause the [`PauseProbe`] saw during the run.
+    pub max_pause: Option<Duration>,
 }
 
 /// Acknowledgement instants a write worker has room for before its buffer grows.
@@ -33,6 +38,7 @@ impl Recorder {
             errors: ErrorCounts::default(),
             counters: BTreeMap::new(),
             acks: Vec::new(),
+            max_pause: None,
         }
     }
 
@@ -80,6 +86,46 @@ impl Recorder {
             *self.counters.entry(name).or_insert(0) += n;
         }
         self.acks.extend(other.acks);
+        self.max_pause = self.max_pause.max(other.max_pause);
+    }
+}
+
+/// How long the probe asks to sleep each time.
+const PROBE_TICK: Duration = Duration::from_millis(1);
+
+/// Tells the machine's pauses from the server's: a thread of the load generator that sleeps
+/// 1 ms at a time and records the longest it overslept. A write stall about as long as a
+/// pause seen at the same time is the machine's (the VM descheduled, the host busy, every
+/// process waiting), not the server's. A few ms of oversleep are normal on a machine whose
+/// cores the server and the generator keep busy.
+pub struct PauseProbe {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Duration>>,
+}
+
+impl PauseProbe {
+    pub fn start() -> PauseProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("pause-probe".into())
+            .spawn(move || {
+                let mut longest = Duration::ZERO;
+                while !stopped.load(Ordering::Relaxed) {
+                    let asleep = Instant::now();
+                    std::thread::sleep(PROBE_TICK);
+                    longest = longest.max(asleep.elapsed().saturating_sub(PROBE_TICK));
+                }
+                longest
+            })
+            .ok();
+        PauseProbe { stop, thread }
+    }
+
+    /// The longest oversleep since [`PauseProbe::start`]; `None` if the thread could not run.
+    pub fn finish(mut self) -> Option<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take()?.join().ok()
     }
 }
 
@@ -180,6 +226,10 @@ pub struct Report {
     /// percentiles hide it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_stall_ms: Option<f64>,
+    /// Write modes: the longest the generator's own 1 ms timer overslept during the run
+    /// ([`PauseProbe`]): a stall about this long was the machine's, not the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pause_ms: Option<f64>,
     /// Server CPU time (user + system) per operation in µs, measured by the suite around the
     /// scenario (for a 3-member cluster: the leader's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +251,9 @@ impl Report {
     ) -> Report {
         let secs = elapsed.as_secs_f64();
         let max_stall_ms = max_stall_ms(&mut rec.acks);
+        let max_pause_ms = max_stall_ms
+            .and(rec.max_pause)
+            .map(|pause| pause.as_secs_f64() * 1000.0);
         Report {
             mode: mode.to_string(),
             status: Status::Ok,
@@ -213,6 +266,7 @@ impl Report {
             unit: unit.to_string(),
             latency: Latency::from_hist(&rec.hist),
             max_stall_ms,
+            max_pause_ms,
             server_cpu_us_per_op: None,
             errors: rec.errors,
             counters: rec
@@ -242,6 +296,7 @@ impl Report {
             unit: String::new(),
             latency: Latency::default(),
             max_stall_ms: None,
+            max_pause_ms: None,
             server_cpu_us_per_op: None,
             errors: ErrorCounts::default(),
             counters: BTreeMap::new(),
@@ -293,6 +348,9 @@ impl Report {
         let mut extra = Vec::new();
         if let Some(ms) = self.max_stall_ms {
             extra.push(format!("max stall ms {ms:.3}"));
+        }
+        if let Some(ms) = self.max_pause_ms {
+            extra.push(format!("generator pause ms {ms:.3}"));
         }
         if let Some(us) = self.server_cpu_us_per_op {
             extra.push(format!("server CPU µs/op {us:.1}"));
@@ -387,5 +445,32 @@ mod tests {
         r.ack(t);
         assert_eq!(r.hist.len(), 2);
         assert_eq!(r.acks.len(), 2);
+    }
+
+    #[test]
+    fn the_generator_pause_is_reported_beside_a_write_stall_only() {
+        let mut writes = Recorder::for_writes();
+        writes.acks.extend([1_000, 31_000]);
+        let mut other = Recorder::new();
+        other.max_pause = Some(Duration::from_millis(4));
+        writes.merge(other);
+        let report = Report::from_recorder("put", "put", 1, 1, writes, 2, Duration::from_secs(1));
+        assert_eq!(report.max_stall_ms, Some(30.0));
+        assert_eq!(report.max_pause_ms, Some(4.0));
+
+        let mut reads = Recorder::new();
+        reads.max_pause = Some(Duration::from_millis(4));
+        let report =
+            Report::from_recorder("range", "range", 1, 1, reads, 0, Duration::from_secs(1));
+        assert_eq!(report.max_pause_ms, None);
+    }
+
+    #[test]
+    fn the_pause_probe_reports_once_stopped() {
+        let probe = PauseProbe::start();
+        assert!(
+            probe.finish().is_some(),
+            "the probe thread ran and answered"
+        );
     }
 }

@@ -973,12 +973,15 @@ struct Cell {
     failed: Option<String>,
     counters: BTreeMap<String, f64>,
     per_round: Vec<Option<f64>>,
+    /// Each round's longest write stall and the generator's longest pause in it, ms.
+    stalls_per_round: Vec<Option<(f64, Option<f64>)>>,
 }
 
 /// The medians of `scenario` over the runs of `kind` with `members` members.
 fn cell(result: &SuiteResult, kind: Kind, members: usize, scenario: &str) -> Cell {
     let mut reports = Vec::new();
     let mut per_round = Vec::new();
+    let mut stalls_per_round = Vec::new();
     for run in result
         .runs
         .iter()
@@ -989,11 +992,9 @@ fn cell(result: &SuiteResult, kind: Kind, members: usize, scenario: &str) -> Cel
             .iter()
             .find(|(n, _)| n == scenario)
             .map(|(_, r)| r);
-        per_round.push(
-            found
-                .filter(|r| r.status == Status::Ok)
-                .map(|r| r.ops_per_sec),
-        );
+        let ok = found.filter(|r| r.status == Status::Ok);
+        per_round.push(ok.map(|r| r.ops_per_sec));
+        stalls_per_round.push(ok.and_then(|r| Some((r.max_stall_ms?, r.max_pause_ms))));
         if let Some(r) = found {
             reports.push(r);
         }
@@ -1030,6 +1031,53 @@ fn cell(result: &SuiteResult, kind: Kind, members: usize, scenario: &str) -> Cel
             .and_then(|r| r.detail.clone()),
         counters,
         per_round,
+        stalls_per_round,
+    }
+}
+
+/// Each round's longest write stall next to the load generator's longest pause in the same
+/// run, so that a stall can be told to be the machine's (both long) or the server's.
+fn write_stalls_per_round(out: &mut String, result: &SuiteResult, rounds: usize) {
+    let _ = writeln!(
+        out,
+        "\n## Write stalls per round (ms): longest gap between acknowledged writes / longest \
+         pause of the load generator's own 1 ms timer in the same run\n"
+    );
+    let _ = writeln!(
+        out,
+        "A stall about as long as the pause beside it was the machine's (every process \
+         stopped), not the server's; a few ms of pause are normal on two busy cores.\n"
+    );
+    let kinds = [Kind::Keelson, Kind::Etcd];
+    let head: Vec<String> = kinds
+        .iter()
+        .flat_map(|kind| (1..=rounds).map(move |r| format!("{} r{r}", kind.name())))
+        .collect();
+    let _ = writeln!(out, "| scenario | {} |", head.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(head.len()));
+    for (members, names) in scenario_groups(result) {
+        for (name, _) in names.iter().filter(|(n, _)| n != FAILOVER_SCENARIO) {
+            let cells: Vec<Cell> = kinds
+                .iter()
+                .map(|kind| cell(result, *kind, members, name))
+                .collect();
+            if cells
+                .iter()
+                .all(|c| c.stalls_per_round.iter().all(Option::is_none))
+            {
+                continue;
+            }
+            let cols: Vec<String> = cells
+                .iter()
+                .flat_map(|c| {
+                    (0..rounds).map(|i| match c.stalls_per_round.get(i).copied().flatten() {
+                        Some((stall, pause)) => format!("{} / {}", num(Some(stall)), num(pause)),
+                        None => "–".into(),
+                    })
+                })
+                .collect();
+            let _ = writeln!(out, "| {name} | {} |", cols.join(" | "));
+        }
     }
 }
 
@@ -1527,6 +1575,8 @@ pub fn markdown(result: &SuiteResult) -> String {
         );
     }
 
+    write_stalls_per_round(&mut out, result, rounds);
+
     let _ = writeln!(out, "\n## Scenario details (medians)\n");
     for (members, names) in scenario_groups(result) {
         for (name, _) in names {
@@ -1688,8 +1738,11 @@ mod tests {
 
     fn cluster_run(kind: Kind, round: usize, ops: f64, samples_ms: Vec<f64>) -> ServerRun {
         let mut run = ServerRun::new(kind, round, CLUSTER_SIZE);
-        run.scenarios
-            .push(("cluster3-put-64".into(), put_report(ops)));
+        let mut report = put_report(ops);
+        report.max_stall_ms = Some(ops / 100.0);
+        // etcd's Go generator has no pause probe.
+        report.max_pause_ms = (kind == Kind::Keelson).then_some(2.5);
+        run.scenarios.push(("cluster3-put-64".into(), report));
         run.member_peak_rss_bytes = vec![Some(100 << 20), Some(200 << 20), Some(150 << 20)];
         run.peak_rss_bytes = Some(450 << 20);
         let mut failover = Failover {
@@ -1742,6 +1795,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| keelson ×3 r1 |"), "{md}");
+        assert!(
+            md.contains("| cluster3-put-64 | 30.0 / 2.50 | 20.0 / – |"),
+            "{md}"
+        );
         // Expected failover errors are shown in their section, not as failures.
         assert!(
             md.contains("None: every request of every scenario succeeded."),

@@ -16,7 +16,7 @@ use crate::keys::{self, KeyGen};
 use crate::opts::{
     CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, TxnPutArgs, WatchArgs,
 };
-use crate::report::{error_text, is_unimplemented, Recorder, Report, Status};
+use crate::report::{error_text, is_unimplemented, PauseProbe, Recorder, Report, Status};
 
 /// Time allowed to connect and answer a first request before a run is declared failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,6 +138,7 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Recorder> + Send + 'static,
 {
+    let probe = PauseProbe::start();
     let mut set = JoinSet::new();
     for i in 0..n {
         set.spawn(worker(i));
@@ -159,6 +160,7 @@ where
             }
         }
     }
+    merged.max_pause = probe.finish();
     merged
 }
 
