@@ -189,6 +189,65 @@ async fn writes_on_followers_are_forwarded_and_reads_are_never_stale() {
     );
 }
 
+/// keelson sends the plain puts and deletes a follower forwards at once to the leader in one
+/// call: every client must still get its own answer (its own revision, its own deleted count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_on_a_follower_each_get_their_own_answer() {
+    const WRITERS: usize = 64;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let on_follower = cluster.member_client(follower).await;
+    let mut on_leader = cluster.member_client(leader).await;
+    for n in (0..WRITERS).step_by(2) {
+        on_leader
+            .put(format!("batched/del/{n}"), "x", None)
+            .await
+            .expect("put");
+    }
+
+    let mut tasks = Vec::new();
+    for n in 0..WRITERS {
+        let mut client = on_follower.clone();
+        tasks.push(tokio::spawn(async move {
+            let put = client
+                .put(format!("batched/put/{n}"), format!("v{n}"), None)
+                .await
+                .expect("put on a follower");
+            // Every other key exists: its delete must say 1, the others 0.
+            let deleted = client
+                .delete(format!("batched/del/{n}"), None)
+                .await
+                .expect("delete on a follower");
+            (n, header_revision(put.header()), deleted.deleted())
+        }));
+    }
+    let mut revisions = BTreeSet::new();
+    for task in tasks {
+        let (n, revision, deleted) = task.await.expect("writer task");
+        let read = on_leader
+            .get(format!("batched/put/{n}"), None)
+            .await
+            .expect("get");
+        let kv = read.kvs().first().expect("the put key exists");
+        assert_eq!(kv.value(), format!("v{n}").as_bytes());
+        assert_eq!(
+            kv.mod_revision(),
+            revision,
+            "put {n} was answered with another write's revision"
+        );
+        assert!(
+            revisions.insert(revision),
+            "revision {revision} answered twice"
+        );
+        assert_eq!(
+            deleted,
+            i64::from(n % 2 == 0),
+            "delete {n} was answered with another delete's count"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watches_on_a_follower_see_every_event_once_across_a_leader_change() {
     let mut cluster = Cluster::start(3).await;

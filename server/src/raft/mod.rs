@@ -6,6 +6,7 @@
 //! server) lives in `peer/`.
 
 mod cluster_state;
+mod forward;
 mod log_store;
 mod membership;
 pub mod peer;
@@ -39,6 +40,7 @@ use crate::proto::peerpb::MembershipChange;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
 use crate::storage::{Storage, StorageError, WalSyncer};
 use cluster_state::ClusterState;
+use forward::Forwarder;
 use log_store::LogStore;
 use peer::client::{PeerCallError, PeerNetwork, PeerPool, CLUSTER_MISMATCH_MESSAGE};
 use peer::faults::PeerFaults;
@@ -187,6 +189,8 @@ pub struct RaftNode {
     settings: RaftSettings,
     reads: ReadIndexBatcher,
     peers: Arc<PeerPool>,
+    /// Batches the plain writes this member forwards to the leader.
+    forwarder: Forwarder,
     cluster: Arc<ClusterState>,
     incoming: Incoming,
     leases: OnceLock<Weak<dyn LeaderLeases>>,
@@ -240,6 +244,7 @@ impl RaftNode {
             incoming: Incoming::new(settings.incoming_snapshot_dir.clone())?,
             raft,
             settings,
+            forwarder: Forwarder::new(peers.clone()),
             peers,
             cluster,
             leases: OnceLock::new(),
@@ -427,13 +432,17 @@ impl RaftNode {
                 Some((leader, urls)) => {
                     // Boxed: the peer client's future is ~14 KB, and held inline it made every
                     // put's future that large, copied on each move (memmove was 7% of a put).
-                    let forwarded = Box::pin(self.peers.propose(
-                        leader,
-                        &urls,
-                        request,
-                        Self::remaining(deadline),
-                    ))
-                    .await;
+                    let forwarded = if forward::batchable(request) {
+                        Box::pin(self.forwarder.propose(leader, &urls, request, deadline)).await
+                    } else {
+                        Box::pin(self.peers.propose(
+                            leader,
+                            &urls,
+                            request,
+                            Self::remaining(deadline),
+                        ))
+                        .await
+                    };
                     match forwarded {
                         Ok(answer) => {
                             self.wait_applied(answer.applied_index, deadline).await?;

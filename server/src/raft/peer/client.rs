@@ -31,8 +31,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::peerpb::peer_client::PeerClient;
 use crate::proto::peerpb::{
-    ClusterInfo, GetClusterRequest, MembershipChange, MembershipChangeResponse, ProposeResponse,
-    RaftMessage, ReadIndexRequest,
+    ClusterInfo, GetClusterRequest, MembershipChange, MembershipChangeResponse,
+    ProposeBatchRequest, ProposeResponse, RaftMessage, ReadIndexRequest,
 };
 use crate::proto::raftpb::RaftRequest;
 use crate::raft::types::{MemberNode, NodeId, TypeConfig, Vote};
@@ -58,7 +58,7 @@ const SNAPSHOT_LOSS_WAIT: Duration = Duration::from_secs(1);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What went wrong talking to a peer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerCallError {
     /// Nothing reached the peer (no connection, or the link is cut): safe to retry elsewhere.
     #[error("peer {0:x} is unreachable")]
@@ -239,6 +239,53 @@ impl PeerPool {
         self.unary_to(leader, timeout, call)
             .await
             .map_err(|s| self.call_error(leader, s))
+    }
+
+    /// Proposes `requests` on the leader in one call; one result per request, in order. A
+    /// leader without ProposeBatch (an older keelson) gets them one Propose each.
+    pub async fn propose_batch(
+        &self,
+        leader: u64,
+        urls: &[String],
+        requests: Vec<RaftRequest>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<ProposeResponse, PeerCallError>>, PeerCallError> {
+        let mut client = self.client(leader, urls)?;
+        let count = requests.len();
+        self.count_sent(
+            leader,
+            requests.iter().map(|r| r.encoded_len()).sum::<usize>(),
+        );
+        let batch = ProposeBatchRequest { requests };
+        let call = client.propose_batch(self.request(batch.clone()));
+        let answer = match self.unary_to(leader, timeout, call).await {
+            Ok(answer) => answer,
+            Err(status) if status.code() == Code::Unimplemented => {
+                let one_by_one = batch
+                    .requests
+                    .iter()
+                    .map(|request| self.propose(leader, urls, request, timeout));
+                return Ok(futures::future::join_all(one_by_one).await);
+            }
+            Err(status) => return Err(self.call_error(leader, status)),
+        };
+        if answer.results.len() != count {
+            return Err(PeerCallError::Failed(EtcdError::Internal(format!(
+                "{} results for {count} proposals",
+                answer.results.len()
+            ))));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|result| match result.answer {
+                Some(answer) => Ok(answer),
+                None => Err(self.call_error(
+                    leader,
+                    Status::new(Code::from_i32(result.code), result.message),
+                )),
+            })
+            .collect())
     }
 
     pub async fn read_index(

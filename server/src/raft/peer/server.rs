@@ -27,8 +27,9 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::peerpb::peer_server::{Peer, PeerServer};
 use crate::proto::peerpb::{
-    ClusterInfo, GetClusterRequest, MembershipChange, MembershipChangeResponse, ProposeResponse,
-    RaftMessage, ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
+    ClusterInfo, GetClusterRequest, MembershipChange, MembershipChangeResponse,
+    ProposeBatchRequest, ProposeBatchResponse, ProposeResponse, ProposeResult, RaftMessage,
+    ReadIndexRequest, ReadIndexResponse, SnapshotChunk,
 };
 use crate::proto::raftpb::RaftRequest;
 use crate::raft::types::TypeConfig;
@@ -260,6 +261,42 @@ impl Peer for PeerService {
             response: Some(response),
             applied_index: index,
         }))
+    }
+
+    async fn propose_batch(
+        &self,
+        request: Request<ProposeBatchRequest>,
+    ) -> Result<tonic::Response<ProposeBatchResponse>, Status> {
+        self.admit(&request)?;
+        // Proposed together, so openraft appends them as one run of entries; each answered as
+        // its own Propose would have been.
+        let proposals = request
+            .get_ref()
+            .requests
+            .iter()
+            .map(|r| self.node.propose_for_follower(r));
+        let results = futures::future::join_all(proposals)
+            .await
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok((response, applied_index)) => ProposeResult {
+                    answer: Some(ProposeResponse {
+                        response: Some(response),
+                        applied_index,
+                    }),
+                    ..ProposeResult::default()
+                },
+                Err(e) => {
+                    let status = Status::from(e);
+                    ProposeResult {
+                        answer: None,
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }
+                }
+            })
+            .collect();
+        Ok(tonic::Response::new(ProposeBatchResponse { results }))
     }
 
     async fn read_index(
