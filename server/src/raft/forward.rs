@@ -166,27 +166,43 @@ async fn send_queued(peers: Arc<PeerPool>, queue: Arc<Mutex<Queue>>) {
     };
     for (leader, batch) in calls {
         let (peers, queue) = (peers.clone(), queue.clone());
+        let slot = CallSlot {
+            peers: peers.clone(),
+            queue: queue.clone(),
+            leader,
+        };
         tokio::spawn(async move {
-            send_batch(&peers, leader, batch).await;
-            call_ended(peers, queue, leader);
+            send_batch(&slot.peers, leader, batch).await;
+            drop(slot);
         });
     }
 }
 
-/// A call to `leader` ended: what waited for its slot may go.
-fn call_ended(peers: Arc<PeerPool>, queue: Arc<Mutex<Queue>>, leader: u64) {
-    let start_sender = {
-        let Ok(mut q) = queue.lock() else { return };
-        if let Some(n) = q.in_flight.get_mut(&leader) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                q.in_flight.remove(&leader);
+/// One of a leader's call slots, freed when the call ends however it ends (answered, failed,
+/// or its task dropped), so that what waits for the slot is never stuck.
+struct CallSlot {
+    peers: Arc<PeerPool>,
+    queue: Arc<Mutex<Queue>>,
+    leader: u64,
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        let start_sender = {
+            let Ok(mut q) = self.queue.lock() else { return };
+            if let Some(n) = q.in_flight.get_mut(&self.leader) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    q.in_flight.remove(&self.leader);
+                }
             }
+            q.should_start_sender()
+        };
+        // No runtime left (shutting down): the waiting proposals' answers are dropped, and
+        // their clients told the member stopped.
+        if let (true, Ok(runtime)) = (start_sender, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(send_queued(self.peers.clone(), self.queue.clone()));
         }
-        q.should_start_sender()
-    };
-    if start_sender {
-        tokio::spawn(send_queued(peers, queue));
     }
 }
 
@@ -272,14 +288,50 @@ mod tests {
     }
 
     fn waiting(request: RaftRequest) -> Waiting {
-        let (answer, _) = oneshot::channel();
-        Waiting {
-            leader: 1,
+        waiting_for(1, request).0
+    }
+
+    fn waiting_for(leader: u64, request: RaftRequest) -> (Waiting, oneshot::Receiver<Answer>) {
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            leader,
             urls: Vec::new(),
             request,
             deadline: Instant::now(),
             answer,
-        }
+        };
+        (waiting, answered)
+    }
+
+    #[test]
+    fn a_leader_without_a_free_call_slot_keeps_its_proposals_queued() {
+        let mut queue = Queue::default();
+        queue.in_flight.insert(1, IN_FLIGHT_PER_LEADER);
+        let (busy, _a) = waiting_for(1, put(false, 1));
+        let (free, _b) = waiting_for(2, put(false, 1));
+        let (gave_up, dropped_receiver) = waiting_for(2, put(false, 1));
+        drop(dropped_receiver);
+        queue.waiting = vec![busy, free, gave_up];
+        assert!(queue.should_start_sender(), "leader 2 has room");
+        assert!(!queue.should_start_sender(), "one sender at a time");
+
+        let sendable = queue.take_sendable();
+        assert_eq!(sendable.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            sendable[&2].len(),
+            1,
+            "the proposal whose client gave up is not sent"
+        );
+        assert_eq!(
+            queue.waiting.len(),
+            1,
+            "leader 1's proposal waits for a slot"
+        );
+
+        queue.sender_started = false;
+        assert!(!queue.should_start_sender(), "leader 1 has no room yet");
+        queue.in_flight.insert(1, IN_FLIGHT_PER_LEADER - 1);
+        assert!(queue.should_start_sender(), "a slot freed");
     }
 
     #[test]
