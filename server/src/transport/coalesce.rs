@@ -85,6 +85,16 @@ impl<S> CoalescedWrites<S> {
 }
 
 impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
+    /// Writes what is held once it reaches [`HOLD_AT_MOST`], so that a connection nobody
+    /// reads holds the writer back instead of growing the buffer.
+    fn make_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.len() >= HOLD_AT_MOST {
+            self.write_pending(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
     /// Writes what is held; `Ready(Ok)` once all of it is written.
     fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
@@ -124,13 +134,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         if self.in_flight.is_none() {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         }
-        if self.pending.len() >= HOLD_AT_MOST {
-            match self.write_pending(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        std::task::ready!(self.make_room(cx))?;
         self.pending.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -143,13 +147,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
         if self.in_flight.is_none() {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
-        if self.pending.len() >= HOLD_AT_MOST {
-            match self.write_pending(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        std::task::ready!(self.make_room(cx))?;
         let mut total = 0;
         for buf in bufs {
             self.pending.extend_from_slice(buf);
