@@ -165,7 +165,6 @@ async fn send_queued(peers: Arc<PeerPool>, queue: Arc<Mutex<Queue>>) {
         calls
     };
     for (leader, batch) in calls {
-        let (peers, queue) = (peers.clone(), queue.clone());
         let slot = CallSlot {
             peers: peers.clone(),
             queue: queue.clone(),

@@ -169,19 +169,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        match self.write_pending(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
+        std::task::ready!(self.write_pending(cx))?;
         self.yielded = false;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.write_pending(cx) {
-            Poll::Ready(Ok(())) => {}
-            other => return other,
-        }
+        std::task::ready!(self.write_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -252,13 +252,15 @@ impl PeerPool {
     ) -> Result<Vec<Result<ProposeResponse, PeerCallError>>, PeerCallError> {
         let mut client = self.client(leader, urls)?;
         let count = requests.len();
-        self.count_sent(
-            leader,
-            requests.iter().map(|r| r.encoded_len()).sum::<usize>(),
-        );
+        let bytes = requests.iter().map(|r| r.encoded_len()).sum::<usize>();
         let batch = ProposeBatchRequest { requests };
         let call = client.propose_batch(self.request(batch.clone()));
-        let answer = match self.unary_to(leader, timeout, call).await {
+        let outcome = self.unary_to(leader, timeout, call).await;
+        if !matches!(&outcome, Err(status) if status.code() == Code::Unimplemented) {
+            // The fallback below counts its own calls' bytes.
+            self.count_sent(leader, bytes);
+        }
+        let answer = match outcome {
             Ok(answer) => answer,
             Err(status) if status.code() == Code::Unimplemented => {
                 let one_by_one = batch
