@@ -234,14 +234,25 @@ fn clock_ticks() -> f64 {
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
 pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    stat_cpu_ticks(pid, 2).map(|t| t / clock_ticks())
+}
+
+/// CPU seconds this process and the children it has waited for (the Go load generator) used.
+pub fn generator_cpu_seconds() -> Option<f64> {
+    stat_cpu_ticks("self", 4).map(|t| t / clock_ticks())
+}
+
+/// The sum of the first `fields` of utime, stime, cutime, cstime in `/proc/<pid>/stat`.
+fn stat_cpu_ticks(pid: &str, fields: usize) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    // utime is field 14 of the line, the 12th after the name; stime, cutime, cstime follow.
+    rest.split_whitespace()
+        .skip(11)
+        .take(fields)
+        .map(|f| f.parse::<f64>().ok())
+        .sum()
 }
 
 /// CPU seconds the whole machine has spent busy (every core, every process) since boot.

@@ -2,6 +2,7 @@
 //! side-by-side suite behind `make bench` and `make bench-scale`. See bench/README.md.
 
 mod cluster;
+mod cpus;
 mod keys;
 mod machine;
 mod opts;

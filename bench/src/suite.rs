@@ -10,7 +10,8 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
-use crate::machine::{self, process_cpu_seconds, CpuMeter, CpuUse, Machine};
+use crate::cpus::CpuSplit;
+use crate::machine::{self, generator_cpu_seconds, process_cpu_seconds, CpuMeter, CpuUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
 use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
@@ -139,6 +140,7 @@ const GO_SCENARIOS: &[&str] = &[
     "range-l-64",
     "range-s-64",
     "watch-100",
+    "watch-fanout",
 ];
 /// What the Go load generator's results are labelled with.
 pub const GO_GENERATOR: &str =
@@ -177,6 +179,9 @@ pub(crate) struct Scenario {
     prefix: &'static str,
     /// Whether the scenario is measured (setup loads are shown but marked as setup).
     pub(crate) setup: bool,
+    /// Whether the server runs on one CPU and the load generator on the others meanwhile
+    /// ([`CpuSplit`]).
+    split_cpus: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -203,6 +208,16 @@ fn scenario(
         key_space,
         prefix,
         setup,
+        split_cpus: false,
+    }
+}
+
+impl Scenario {
+    fn on_split_cpus(self) -> Self {
+        Self {
+            split_cpus: true,
+            ..self
+        }
     }
 }
 
@@ -357,6 +372,23 @@ fn scenarios() -> Vec<Scenario> {
             WATCH_PREFIX,
             false,
         ),
+        s(
+            "watch-fanout",
+            "100 watchers on 10 streams, 16 putters / 4 conns, 1000 keys; the server on one CPU, \
+             the load generator on the others",
+            Mode::Watch {
+                watchers: 100,
+                streams: 10,
+            },
+            16,
+            4,
+            200_000,
+            6.0,
+            1_000,
+            WATCH_PREFIX,
+            false,
+        )
+        .on_split_cpus(),
         s(
             "lease-keepalive-16",
             "lease keep-alive round trips, 16 clients / 1 conn",
@@ -900,11 +932,19 @@ async fn run_server(
     let pid = server.pid();
     let cpu_of = move || pid.and_then(|p| process_cpu_seconds(&p.to_string()));
     for scenario in list {
+        let split = match (scenario.split_cpus, pid) {
+            (true, Some(server_pid)) => Some(CpuSplit::start(server_pid)),
+            _ => None,
+        };
+        let generator_before = generator_cpu_seconds();
         let before = cpu_of();
         let mut report = scenario
             .run(&[server.endpoint()], args.time_scale, args.go_load())
             .await;
         set_cpu_per_op(&mut report, before, cpu_of());
+        if let Some(split) = split {
+            note_split(&mut report, split, generator_before);
+        }
         eprintln!(
             "[{} r{}] {}",
             kind.name(),
@@ -929,6 +969,31 @@ async fn run_server(
     server.remove_files();
     run.wall_secs = wall.elapsed().as_secs_f64();
     run
+}
+
+/// Records in a split scenario's report whether the split held and what the load generator
+/// spent per operation (this process and the Go generator it waited for).
+fn note_split(report: &mut Report, split: Result<CpuSplit, String>, generator_before: Option<f64>) {
+    let held = match &split {
+        Ok(s) => {
+            eprintln!("suite: {}", s.description);
+            1.0
+        }
+        Err(e) => {
+            eprintln!("suite: warning: the server and the load generator share the CPUs: {e}");
+            0.0
+        }
+    };
+    drop(split);
+    report.counters.insert("cpu_split".into(), held);
+    if let (Some(b), Some(a)) = (generator_before, generator_cpu_seconds()) {
+        if report.ops > 0 {
+            report.counters.insert(
+                "generator_cpu_us_per_op".into(),
+                (a - b).max(0.0) * 1e6 / report.ops as f64,
+            );
+        }
+    }
 }
 
 /// Sets the server CPU per operation of a completed scenario from the server's CPU seconds
