@@ -1,5 +1,6 @@
 //! etcdserverpb.Watch: one bidirectional stream carries many watches.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -7,23 +8,20 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::EtcdError;
 use crate::member::{Credentials, Member};
 use crate::mvcc::read::KeyRange;
+use crate::mvcc::watch::merge::take_queued;
 use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
-use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use crate::proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
-
-/// Responses queued between the hub's stream and the gRPC transport.
-const OUTGOING_BUFFER: usize = 16;
 
 pub struct WatchService {
     member: Arc<Member>,
@@ -70,14 +68,7 @@ impl WatchService {
             requests,
             stream,
         ));
-        let (out_tx, out_rx) = mpsc::channel(OUTGOING_BUFFER);
-        tokio::spawn(forward_responses(
-            self.member.clone(),
-            messages,
-            out_tx,
-            needs_leader,
-        ));
-        Ok(Box::pin(ReceiverStream::new(out_rx)))
+        Ok(responses(self.member.clone(), messages, needs_leader))
     }
 }
 
@@ -183,45 +174,96 @@ fn spec_of(create: WatchCreateRequest) -> WatchSpec {
     }
 }
 
-/// Converts hub messages to responses; ends the stream if a leader-requiring stream loses its
-/// leader for three election timeouts, as etcd does.
-async fn forward_responses(
+/// The stream's responses, made from the hub's messages as gRPC asks for them: what queued
+/// meanwhile is taken at once ([`take_queued`]). Ends the stream if a leader-requiring stream
+/// loses its leader for three election timeouts, as etcd does.
+fn responses(
     member: Arc<Member>,
-    mut messages: mpsc::Receiver<WatchMessage>,
-    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    messages: mpsc::Receiver<WatchMessage>,
     needs_leader: bool,
-) {
+) -> ResponseStream {
     let check_every = member.raft().election_timeout();
-    let mut leader_check = tokio::time::interval(check_every);
-    let mut leaderless_since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::select! {
-            message = messages.recv() => {
-                let Some(message) = message else { return };
-                for response in to_responses(&member, message) {
-                    if out.send(Ok(response)).await.is_err() {
-                        return;
+    let outgoing = Outgoing {
+        leader_check: needs_leader.then(|| tokio::time::interval(check_every)),
+        check_every,
+        leaderless_since: None,
+        member,
+        messages,
+        ready: VecDeque::new(),
+        ended: false,
+    };
+    Box::pin(futures::stream::unfold(
+        outgoing,
+        |mut outgoing| async move {
+            let next = outgoing.next().await?;
+            Some((next, outgoing))
+        },
+    ))
+}
+
+struct Outgoing {
+    member: Arc<Member>,
+    messages: mpsc::Receiver<WatchMessage>,
+    /// Responses made and not yet handed to gRPC.
+    ready: VecDeque<WatchResponse>,
+    leader_check: Option<tokio::time::Interval>,
+    check_every: std::time::Duration,
+    leaderless_since: Option<tokio::time::Instant>,
+    ended: bool,
+}
+
+impl Outgoing {
+    async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+        loop {
+            if let Some(response) = self.ready.pop_front() {
+                return Some(Ok(response));
+            }
+            if self.ended {
+                return None;
+            }
+            let leader_tick = async {
+                match &mut self.leader_check {
+                    Some(interval) => interval.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = self.messages.recv() => {
+                    let first = message?;
+                    let header = self.member.header(0);
+                    for message in take_queued(first, &mut self.messages) {
+                        self.ready.extend(to_responses(&self.member, &header, message));
                     }
                 }
-            }
-            _ = leader_check.tick(), if needs_leader => {
-                if member.raft_status().leader.is_some() {
-                    leaderless_since = None;
-                    continue;
-                }
-                let since = *leaderless_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= 3 * check_every {
-                    let _ = out.send(Err(EtcdError::NoLeader.into())).await;
-                    return;
+                _ = leader_tick => {
+                    if self.member.raft_status().leader.is_some() {
+                        self.leaderless_since = None;
+                        continue;
+                    }
+                    let since = *self
+                        .leaderless_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= 3 * self.check_every {
+                        self.ended = true;
+                        return Some(Err(EtcdError::NoLeader.into()));
+                    }
                 }
             }
         }
     }
 }
 
-fn to_responses(member: &Member, message: WatchMessage) -> Vec<WatchResponse> {
+/// `header` is the member's, its revision replaced by each message's.
+fn to_responses(
+    member: &Member,
+    header: &ResponseHeader,
+    message: WatchMessage,
+) -> Vec<WatchResponse> {
     let response = |revision: i64, watch_id: i64| WatchResponse {
-        header: Some(member.header(revision)),
+        header: Some(ResponseHeader {
+            revision,
+            ..*header
+        }),
         watch_id,
         ..Default::default()
     };

@@ -15,6 +15,7 @@
 
 mod history;
 mod index;
+pub mod merge;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
