@@ -11,7 +11,9 @@ use compat_tests::etcdctl::etcdctl_at;
 use compat_tests::kv::header_revision;
 use compat_tests::watch::{expect_created, next_message_within};
 use compat_tests::OutputExt;
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -191,6 +193,8 @@ async fn writes_on_followers_are_forwarded_and_reads_are_never_stale() {
 
 /// keelson sends the plain puts and deletes a follower forwards at once to the leader in one
 /// call: every client must still get its own answer (its own revision, its own deleted count).
+/// Kubernetes-style updates (a txn: compare, put, or read the key back) forwarded at the same
+/// time must each get their own outcome and the value of their own key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_on_a_follower_each_get_their_own_answer() {
     const WRITERS: usize = 64;
@@ -205,26 +209,77 @@ async fn concurrent_writes_on_a_follower_each_get_their_own_answer() {
             .await
             .expect("put");
     }
+    let mut created = Vec::new();
+    for n in 0..WRITERS {
+        let put = on_leader
+            .put(format!("batched/cas/{n}"), format!("old{n}"), None)
+            .await
+            .expect("put");
+        created.push(header_revision(put.header()));
+    }
 
+    // The writers start each kind of write together, so that they travel together.
+    let together = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
     let mut tasks = Vec::new();
     for n in 0..WRITERS {
         let mut client = on_follower.clone();
+        let together = together.clone();
+        // Every other update compares with the key's real mod revision and must succeed; the
+        // others must fail and read back their own key's value.
+        let compared = created[n] + i64::from(n % 2 == 1) * 1_000_000;
         tasks.push(tokio::spawn(async move {
+            together.wait().await;
             let put = client
                 .put(format!("batched/put/{n}"), format!("v{n}"), None)
                 .await
                 .expect("put on a follower");
             // Every other key exists: its delete must say 1, the others 0.
+            together.wait().await;
             let deleted = client
                 .delete(format!("batched/del/{n}"), None)
                 .await
                 .expect("delete on a follower");
-            (n, header_revision(put.header()), deleted.deleted())
+            let key = format!("batched/cas/{n}");
+            let update = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    compared,
+                )])
+                .and_then(vec![TxnOp::put(key.clone(), format!("new{n}"), None)])
+                .or_else(vec![TxnOp::get(key, None)]);
+            together.wait().await;
+            let updated = client.txn(update).await.expect("txn on a follower");
+            let read_back = updated.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(range) => range.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            });
+            (
+                n,
+                header_revision(put.header()),
+                deleted.deleted(),
+                updated.succeeded(),
+                read_back,
+            )
         }));
     }
     let mut revisions = BTreeSet::new();
     for task in tasks {
-        let (n, revision, deleted) = task.await.expect("writer task");
+        let (n, revision, deleted, succeeded, read_back) = task.await.expect("writer task");
+        assert_eq!(
+            succeeded,
+            n % 2 == 0,
+            "update {n} got another txn's outcome"
+        );
+        if succeeded {
+            assert_eq!(read_back, None, "update {n} succeeded yet read its key");
+        } else {
+            assert_eq!(
+                read_back.as_deref(),
+                Some(format!("old{n}").as_bytes()),
+                "failed update {n} read another key's value"
+            );
+        }
         let read = on_leader
             .get(format!("batched/put/{n}"), None)
             .await
