@@ -20,11 +20,15 @@ use crate::proto::mvccpb::Event;
 
 /// Messages taken from a stream's queue at once (its capacity).
 const TAKE_AT_MOST: usize = super::STREAM_BUFFER;
+/// Bytes of keys and values taken at once: what is taken waits in memory, outside the
+/// stream's bounded queue, until gRPC has sent it.
+const TAKE_BYTES: usize = 1 << 20;
 /// A merged message grows up to about this many bytes of keys and values; a single larger
 /// event is never split.
 const MERGED_BYTES: usize = 256 << 10;
 
-/// `first` and every message queued behind it (up to [`TAKE_AT_MOST`]), merged.
+/// `first` and the messages queued behind it (up to [`TAKE_AT_MOST`] messages and about
+/// [`TAKE_BYTES`]), merged.
 pub fn take_queued(
     first: WatchMessage,
     queue: &mut mpsc::Receiver<WatchMessage>,
@@ -32,6 +36,9 @@ pub fn take_queued(
     let mut merger = Merger::default();
     merger.push(first);
     for _ in 1..TAKE_AT_MOST {
+        if merger.bytes >= TAKE_BYTES {
+            break;
+        }
         match queue.try_recv() {
             Ok(message) => merger.push(message),
             Err(_) => break,
@@ -46,6 +53,8 @@ struct Merger {
     /// For each watcher whose last message can still take events: its index in `merged` and
     /// the bytes it holds.
     open: HashMap<i64, (usize, usize)>,
+    /// Bytes of keys and values taken in all.
+    bytes: usize,
 }
 
 impl Merger {
@@ -63,6 +72,7 @@ impl Merger {
             return;
         };
         let size = events_bytes(&events);
+        self.bytes += size;
         if let Some((index, held)) = self.open.get_mut(&watch_id) {
             if *held + size <= MERGED_BYTES {
                 if let Some(WatchMessage::Events {
@@ -195,6 +205,25 @@ mod tests {
         };
         let merged = queued(vec![big(5), big(6), big(7)]).await;
         assert_eq!(shape(&merged), ["1@6:[5, 6]", "1@7:[7]"]);
+    }
+
+    #[tokio::test]
+    async fn a_take_stops_at_its_byte_bound_and_leaves_the_rest_queued() {
+        let (tx, mut rx) = mpsc::channel(super::super::STREAM_BUFFER);
+        let large = |watch_id, revision| WatchMessage::Events {
+            watch_id,
+            revision,
+            events: vec![event(revision, TAKE_BYTES / 2)],
+            fragment: false,
+        };
+        for revision in 5..9 {
+            tx.send(large(revision, revision)).await.expect("open");
+        }
+        let first = rx.recv().await.expect("one");
+        let taken = take_queued(first, &mut rx);
+        assert_eq!(shape(&taken), ["5@5:[5]", "6@6:[6]"]);
+        let next = rx.recv().await.expect("the rest stayed queued");
+        assert_eq!(shape(&take_queued(next, &mut rx)), ["7@7:[7]", "8@8:[8]"]);
     }
 
     #[tokio::test]
