@@ -221,12 +221,12 @@ async fn concurrent_writes_on_a_follower_each_get_their_own_answer() {
     // The writers start each kind of write together, so that they travel together.
     let together = std::sync::Arc::new(tokio::sync::Barrier::new(WRITERS));
     let mut tasks = Vec::new();
-    for n in 0..WRITERS {
+    for (n, created_at) in created.into_iter().enumerate() {
         let mut client = on_follower.clone();
         let together = together.clone();
         // Every other update compares with the key's real mod revision and must succeed; the
         // others must fail and read back their own key's value.
-        let compared = created[n] + i64::from(n % 2 == 1) * 1_000_000;
+        let compared = created_at + i64::from(n % 2 == 1) * 1_000_000;
         tasks.push(tokio::spawn(async move {
             together.wait().await;
             let put = client
