@@ -171,13 +171,26 @@ fn fsync_probe(dir: &Path) -> String {
 
 /// `2025-11-23T20:55:01Z`
 pub fn now_utc() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    utc(SystemTime::now(), false)
+}
+
+/// `2025-11-23T20:55:01.042Z`
+pub fn utc_millis(at: SystemTime) -> String {
+    utc(at, true)
+}
+
+fn utc(at: SystemTime, with_millis: bool) -> String {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
+    let millis = if with_millis {
+        format!(".{:03}", since.subsec_millis())
+    } else {
+        String::new()
+    };
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{millis}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -342,6 +355,8 @@ mod tests {
 
     #[test]
     fn civil_dates() {
+        let at = UNIX_EPOCH + Duration::from_millis(19_000 * 86_400_000 + 3_723_042);
+        assert_eq!(utc_millis(at), "2022-01-08T01:02:03.042Z");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_000), (2022, 1, 8));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));

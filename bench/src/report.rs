@@ -129,15 +129,24 @@ impl PauseProbe {
     }
 }
 
-/// The longest time, in ms, between two consecutive acknowledgements (µs instants, any order)
-/// across every client; `None` with fewer than two.
-pub fn max_stall_ms(acks: &mut [u64]) -> Option<f64> {
+/// The longest gap between two consecutive acknowledgements (µs since [`crate::keys::epoch`],
+/// any order) across every client: when it started and how long it was, in µs; `None` with
+/// fewer than two.
+pub fn longest_gap(acks: &mut [u64]) -> Option<(u64, u64)> {
     if acks.len() < 2 {
         return None;
     }
     acks.sort_unstable();
-    let gap = acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    Some(gap as f64 / 1000.0)
+    acks.windows(2)
+        .map(|w| (w[0], w[1] - w[0]))
+        .max_by_key(|&(_, gap)| gap)
+}
+
+/// The wall-clock time (UTC, ms) of an instant given in µs since [`crate::keys::epoch`], to
+/// find a stall in the server's log.
+fn utc_of_ack(micros: u64) -> String {
+    let epoch_wall = std::time::SystemTime::now() - crate::keys::epoch().elapsed();
+    crate::machine::utc_millis(epoch_wall + Duration::from_micros(micros))
 }
 
 impl Default for Recorder {
@@ -230,6 +239,9 @@ pub struct Report {
     /// ([`PauseProbe`]): a stall about this long was the machine's, not the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pause_ms: Option<f64>,
+    /// Write modes: when the longest gap began (UTC, ms), to look it up in the server's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stall_from: Option<String>,
     /// Server CPU time (user + system) per operation in µs, measured by the suite around the
     /// scenario (for a 3-member cluster: the leader's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -250,7 +262,9 @@ impl Report {
         elapsed: Duration,
     ) -> Report {
         let secs = elapsed.as_secs_f64();
-        let max_stall_ms = max_stall_ms(&mut rec.acks);
+        let gap = longest_gap(&mut rec.acks);
+        let max_stall_ms = gap.map(|(_, gap)| gap as f64 / 1000.0);
+        let max_stall_from = gap.map(|(from, _)| utc_of_ack(from));
         let max_pause_ms = max_stall_ms
             .and(rec.max_pause)
             .map(|pause| pause.as_secs_f64() * 1000.0);
@@ -267,6 +281,7 @@ impl Report {
             latency: Latency::from_hist(&rec.hist),
             max_stall_ms,
             max_pause_ms,
+            max_stall_from,
             server_cpu_us_per_op: None,
             errors: rec.errors,
             counters: rec
@@ -297,6 +312,7 @@ impl Report {
             latency: Latency::default(),
             max_stall_ms: None,
             max_pause_ms: None,
+            max_stall_from: None,
             server_cpu_us_per_op: None,
             errors: ErrorCounts::default(),
             counters: BTreeMap::new(),
@@ -347,7 +363,10 @@ impl Report {
         );
         let mut extra = Vec::new();
         if let Some(ms) = self.max_stall_ms {
-            extra.push(format!("max stall ms {ms:.3}"));
+            extra.push(match &self.max_stall_from {
+                Some(from) => format!("max stall ms {ms:.3} (from {from})"),
+                None => format!("max stall ms {ms:.3}"),
+            });
         }
         if let Some(ms) = self.max_pause_ms {
             extra.push(format!("generator pause ms {ms:.3}"));
@@ -437,8 +456,8 @@ mod tests {
         b.acks.extend([2_000, 4_000, 5_000, 260_000]);
         a.merge(b);
         // 5 ms -> 250 ms is the longest gap with both clients' acks merged.
-        assert_eq!(max_stall_ms(&mut a.acks), Some(245.0));
-        assert_eq!(max_stall_ms(&mut [7]), None);
+        assert_eq!(longest_gap(&mut a.acks), Some((5_000, 245_000)));
+        assert_eq!(longest_gap(&mut [7]), None);
         let t = Instant::now();
         let mut r = Recorder::for_writes();
         r.ack(t);
