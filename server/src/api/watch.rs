@@ -185,7 +185,6 @@ fn responses(
     let check_every = member.raft().election_timeout();
     let outgoing = Outgoing {
         leader_check: needs_leader.then(|| tokio::time::interval(check_every)),
-        check_every,
         leaderless_since: None,
         member,
         messages,
@@ -206,8 +205,8 @@ struct Outgoing {
     messages: mpsc::Receiver<WatchMessage>,
     /// Responses made and not yet handed to gRPC.
     ready: VecDeque<WatchResponse>,
+    /// Ticks every election timeout, for streams that require a leader.
     leader_check: Option<tokio::time::Interval>,
-    check_every: std::time::Duration,
     leaderless_since: Option<tokio::time::Instant>,
     ended: bool,
 }
@@ -223,7 +222,10 @@ impl Outgoing {
             }
             let leader_tick = async {
                 match &mut self.leader_check {
-                    Some(interval) => interval.tick().await,
+                    Some(interval) => {
+                        interval.tick().await;
+                        interval.period()
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -235,7 +237,7 @@ impl Outgoing {
                         self.ready.extend(to_responses(&self.member, &header, message));
                     }
                 }
-                _ = leader_tick => {
+                check_every = leader_tick => {
                     if self.member.raft_status().leader.is_some() {
                         self.leaderless_since = None;
                         continue;
@@ -243,7 +245,7 @@ impl Outgoing {
                     let since = *self
                         .leaderless_since
                         .get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() >= 3 * self.check_every {
+                    if since.elapsed() >= 3 * check_every {
                         self.ended = true;
                         return Some(Err(EtcdError::NoLeader.into()));
                     }
