@@ -296,10 +296,14 @@ def main():
         # The node is lost: Patroni killed, PostgreSQL stopped at once. Nobody gives the leader
         # key up; it goes when its lease (TTL 10 s) expires on the server.
         replica.cleanup()
+        # /cluster calls pg1 the leader as soon as its key is written; /primary answers 200
+        # only once pg1's Patroni has promoted PostgreSQL. Stopping it in between leaves a
+        # Patroni that does not yet know it holds the key, so it would not give it up.
         deadline.wait_for(
             "pg1 to take over once pg2's leader key expired",
             lambda: dcs_value(dcs, "/service/%s/leader" % SCOPE) == leader.name
-            and leader.cluster()[leader.name]["role"] == "leader",
+            and leader.cluster()[leader.name]["role"] == "leader"
+            and http_json("GET", leader.api + "/primary")[0] == 200,
             60,
         )
         print("failover: pg2 killed, its leader key expired, pg1 leads", flush=True)
