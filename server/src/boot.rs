@@ -21,7 +21,6 @@ use crate::member::identity;
 use crate::member::join::{self, JoinDecision};
 use crate::member::membership::EtcdMembershipRules;
 use crate::member::{Limits, Member};
-use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::metrics::{DiskMetrics, METRICS};
 use crate::mvcc::MvccStore;
 use crate::raft::{LeaderLeases, MemberNode, RaftNode, RaftSettings};
@@ -557,13 +556,22 @@ fn serve_listener(
         ListenerKind::Client => transport::Writes::Coalesced,
         ListenerKind::Metrics | ListenerKind::Peer => transport::Writes::Immediate,
     };
-    tokio::spawn(transport::serve(
-        listener.tcp,
-        listener.tls,
-        listener.router,
-        writes,
-        stop.clone(),
-    ))
+    match listener.handler {
+        ListenerHandler::Client(client) => tokio::spawn(transport::serve(
+            listener.tcp,
+            listener.tls,
+            client,
+            writes,
+            stop.clone(),
+        )),
+        ListenerHandler::Router(router) => tokio::spawn(transport::serve(
+            listener.tcp,
+            listener.tls,
+            router,
+            writes,
+            stop.clone(),
+        )),
+    }
 }
 
 /// How often a member waiting for its cluster says so.
@@ -674,25 +682,26 @@ struct BoundListener {
     local: String,
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
-    router: axum::Router,
+    handler: ListenerHandler,
 }
 
-/// gRPC (with etcd's message-limit wording and gRPC metrics) and HTTP on one router.
-fn client_router(member: &Arc<Member>, gateway: bool) -> axum::Router {
+/// What a listener answers with.
+#[derive(Clone)]
+enum ListenerHandler {
+    /// The client URLs: etcd's gRPC services, then HTTP.
+    Client(api::dispatch::ClientService),
+    Router(axum::Router),
+}
+
+/// gRPC (with etcd's message-limit wording and gRPC metrics) and HTTP on one port.
+fn client_handler(member: &Arc<Member>, gateway: bool) -> ListenerHandler {
     let services = api::Services::new(member.clone());
-    let grpc = api::routes(&services)
-        .into_axum_router()
-        .layer(api::message_limit::EtcdMessageLimitLayer)
-        .layer(axum::middleware::from_fn_with_state(
-            member.clone(),
-            api::learner::refuse_for_learner,
-        ))
-        .layer(GrpcMetricsLayer);
     let mut http = crate::http::router(member.clone());
     if gateway {
-        http = http.merge(crate::http::gateway::router(services));
+        http = http.merge(crate::http::gateway::router(services.clone()));
     }
-    grpc.merge(http).fallback(client_url_fallback)
+    let http = http.fallback(client_url_fallback);
+    ListenerHandler::Client(api::dispatch::ClientService::new(&services, http))
 }
 
 /// An unknown path: gRPC clients get `Unimplemented` (as grpc-go answers), anyone else Go's
@@ -733,9 +742,9 @@ async fn bind_listeners(
     member: &Arc<Member>,
     raft: &Arc<RaftNode>,
 ) -> Result<Vec<BoundListener>, BootError> {
-    let client_router = client_router(member, config.enable_grpc_gateway);
-    let metrics_router = crate::http::router(member.clone());
-    let peer_router = raft.peer_router();
+    let client_router = client_handler(member, config.enable_grpc_gateway);
+    let metrics_router = ListenerHandler::Router(crate::http::router(member.clone()));
+    let peer_router = ListenerHandler::Router(raft.peer_router());
     let mut bound = Vec::new();
     let groups = [
         (
@@ -793,7 +802,7 @@ async fn bind_listeners(
                 tls: (url.scheme == Scheme::Https)
                     .then(|| acceptor.clone())
                     .flatten(),
-                router: router.clone(),
+                handler: router.clone(),
             });
         }
     }

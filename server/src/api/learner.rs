@@ -2,10 +2,6 @@
 //! (the Range handler checks the serializable flag); every other RPC, streams included, gets
 //! `etcdserver: rpc not supported for learner`.
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::EtcdError;
@@ -14,18 +10,16 @@ use crate::member::Member;
 const ALLOWED_FOR_LEARNER: [&str; 2] =
     ["/etcdserverpb.Maintenance/Status", "/etcdserverpb.KV/Range"];
 
-pub async fn refuse_for_learner(
-    State(member): State<Arc<Member>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
+/// etcd's refusal of `path` while this member is a learner, or `None` when it may be served.
+pub fn refusal(member: &Member, path: &str) -> Option<Response> {
     if allowed_for_learner(path) || !member.raft().is_learner() {
-        return next.run(request).await;
+        return None;
     }
-    tonic::Status::from(EtcdError::NotSupportedForLearner)
-        .into_http::<axum::body::Body>()
-        .into_response()
+    Some(
+        tonic::Status::from(EtcdError::NotSupportedForLearner)
+            .into_http::<axum::body::Body>()
+            .into_response(),
+    )
 }
 
 /// Whether a learner serves this gRPC method (`/package.Service/Method`).

@@ -1,63 +1,17 @@
 //! Gives an oversized request etcd's answer. etcd's gRPC stack refuses a message above the
 //! receive limit with `ResourceExhausted "grpc: received message larger than max (N vs. M)"`;
-//! tonic says `OutOfRange` with other words. Clients and tests match etcd's, so this layer
-//! rewrites tonic's status on the way out.
+//! tonic says `OutOfRange` with other words. Clients and tests match etcd's, so the client
+//! listener (`dispatch`) rewrites tonic's status on the way out.
 
-use std::task::{Context, Poll};
-
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use http::{HeaderValue, Request, Response};
-use tower::{Layer, Service};
+use http::{HeaderValue, Response};
 
 const TONIC_PREFIX: &str = "Error, decoded message length too large: found ";
 /// gRPC status codes as they appear in the `grpc-status` header.
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
 
-#[derive(Clone, Copy, Default)]
-pub struct EtcdMessageLimitLayer;
-
-impl<S> Layer<S> for EtcdMessageLimitLayer {
-    type Service = EtcdMessageLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        EtcdMessageLimit { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct EtcdMessageLimit<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for EtcdMessageLimit<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        self.inner
-            .call(request)
-            .map(|result| {
-                result.map(|mut response| {
-                    rewrite(&mut response);
-                    response
-                })
-            })
-            .boxed()
-    }
-}
-
-fn rewrite<B>(response: &mut Response<B>) {
+/// Gives a refusal of an oversized request (tonic's `OutOfRange`) etcd's code and wording.
+pub fn rewrite<B>(response: &mut Response<B>) {
     let headers = response.headers_mut();
     if headers.get("grpc-status").and_then(|v| v.to_str().ok()) != Some(OUT_OF_RANGE) {
         return;

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod dispatch;
 pub mod downgrade;
 pub mod election;
 pub mod health;
@@ -20,17 +21,7 @@ pub mod watch;
 
 use std::sync::Arc;
 
-use tonic::service::Routes;
-
 use crate::member::Member;
-use crate::proto::etcdserverpb::auth_server::AuthServer;
-use crate::proto::etcdserverpb::cluster_server::ClusterServer;
-use crate::proto::etcdserverpb::kv_server::KvServer;
-use crate::proto::etcdserverpb::lease_server::LeaseServer;
-use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
-use crate::proto::etcdserverpb::watch_server::WatchServer;
-use crate::proto::v3electionpb::election_server::ElectionServer;
-use crate::proto::v3lockpb::lock_server::LockServer;
 use auth::AuthService;
 use cluster::ClusterService;
 use election::ElectionService;
@@ -74,27 +65,11 @@ impl Services {
     }
 }
 
-/// Every etcd gRPC service and grpc.health.v1, sized as etcd sizes its messages.
-pub fn routes(services: &Services) -> Routes {
-    let max_recv = services.member.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
+/// The largest gRPC message a client may send (`--max-request-bytes` and etcd's allowance for
+/// framing) and the largest the services send, as etcd sizes them.
+fn message_sizes(member: &Member) -> (usize, usize) {
+    let max_recv = member.limits().max_request_bytes + GRPC_OVERHEAD_BYTES;
     // etcd does not cap what it sends (math.MaxInt32); neither do we.
     let max_send = i32::MAX as usize;
-    macro_rules! sized {
-        ($server:expr) => {
-            $server
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(max_send)
-        };
-    }
-    Routes::new(sized!(KvServer::from_arc(services.kv.clone())))
-        .add_service(sized!(WatchServer::from_arc(services.watch.clone())))
-        .add_service(sized!(LeaseServer::from_arc(services.lease.clone())))
-        .add_service(sized!(ClusterServer::from_arc(services.cluster.clone())))
-        .add_service(sized!(MaintenanceServer::from_arc(
-            services.maintenance.clone()
-        )))
-        .add_service(sized!(AuthServer::from_arc(services.auth.clone())))
-        .add_service(sized!(LockServer::from_arc(services.lock.clone())))
-        .add_service(sized!(ElectionServer::from_arc(services.election.clone())))
-        .add_service(health::service(&services.member))
+    (max_recv, max_send)
 }

@@ -1,18 +1,20 @@
 //! gRPC server metrics as go-grpc-prometheus names them (`grpc_server_*`), with every method's
 //! series created at start, and etcd's client byte counters.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use tower::{Layer, Service};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use super::METRICS;
 
@@ -82,14 +84,6 @@ const CODES: [&str; 17] = [
     "Unauthenticated",
 ];
 
-fn code_name(status: &str) -> &'static str {
-    status
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| CODES.get(i).copied())
-        .unwrap_or("Unknown")
-}
-
 pub struct GrpcMetrics {
     started: IntCounterVec,
     handled: IntCounterVec,
@@ -97,6 +91,7 @@ pub struct GrpcMetrics {
     msg_received: IntCounterVec,
     msg_sent: IntCounterVec,
     extensive: AtomicBool,
+    known: OnceLock<KnownMethods>,
 }
 
 const LABELS: [&str; 3] = ["grpc_type", "grpc_service", "grpc_method"];
@@ -142,6 +137,7 @@ impl GrpcMetrics {
             ),
             handling_seconds,
             extensive: AtomicBool::new(false),
+            known: OnceLock::new(),
         }
     }
 
@@ -156,19 +152,7 @@ impl GrpcMetrics {
 
     /// Creates every method's series at zero, so dashboards see them before the first call.
     pub fn preinitialize(&self) {
-        for (service, method, kind) in METHODS {
-            let labels = [*kind, *service, *method];
-            self.started.with_label_values(&labels);
-            self.msg_received.with_label_values(&labels);
-            self.msg_sent.with_label_values(&labels);
-            if self.extensive.load(Ordering::Relaxed) {
-                self.handling_seconds.with_label_values(&labels);
-            }
-            for code in CODES {
-                self.handled
-                    .with_label_values(&[kind, service, method, code]);
-            }
-        }
+        known_methods(self);
     }
 }
 
@@ -208,10 +192,77 @@ impl CallLabels {
     }
 }
 
-/// The `client-api-version` metadata that etcd's Go client sends, as etcd labels requests by it.
+/// One method's series, looked up once: a call then only adds to counters it holds, instead of
+/// hashing its labels into each metric family five times (a put's profile showed the lookups).
+struct MethodSeries {
+    labels: CallLabels,
+    started: IntCounter,
+    msg_received: IntCounter,
+    msg_sent: IntCounter,
+    /// By gRPC code number (`CODES`).
+    handled: Vec<IntCounter>,
+    handling_seconds: Histogram,
+}
+
+impl MethodSeries {
+    fn resolve(metrics: &GrpcMetrics, labels: CallLabels) -> Self {
+        let values = labels.values();
+        let [kind, service, method] = values;
+        Self {
+            started: metrics.started.with_label_values(&values),
+            msg_received: metrics.msg_received.with_label_values(&values),
+            msg_sent: metrics.msg_sent.with_label_values(&values),
+            handled: CODES
+                .iter()
+                .map(|code| {
+                    metrics
+                        .handled
+                        .with_label_values(&[kind, service, method, code])
+                })
+                .collect(),
+            handling_seconds: metrics.handling_seconds.with_label_values(&values),
+            labels,
+        }
+    }
+}
+
+/// The series of every method in `METHODS`, by gRPC path (`/etcdserverpb.KV/Put`).
+type KnownMethods = HashMap<String, Arc<MethodSeries>>;
+
+fn known_methods(metrics: &GrpcMetrics) -> &KnownMethods {
+    metrics.known.get_or_init(|| {
+        METHODS
+            .iter()
+            .map(|(service, method, kind)| {
+                let labels = CallLabels {
+                    kind,
+                    service: service.to_string(),
+                    method: method.to_string(),
+                };
+                (
+                    format!("/{service}/{method}"),
+                    Arc::new(MethodSeries::resolve(metrics, labels)),
+                )
+            })
+            .collect()
+    })
+}
+
+/// The series a call on `path` counts in: resolved once for etcd's methods; for any other path
+/// (Lock, Election, health, unknown methods) looked up on each call, as they are rare.
+fn series_of(path: &str) -> Option<Arc<MethodSeries>> {
+    let metrics = &METRICS.grpc;
+    if let Some(series) = known_methods(metrics).get(path) {
+        return Some(series.clone());
+    }
+    let labels = CallLabels::of_path(path)?;
+    Some(Arc::new(MethodSeries::resolve(metrics, labels)))
+}
+
+/// The client-api-version metadata that etcd's Go client sends, as etcd labels requests by it.
 /// Only short version-like values become labels, so that clients cannot grow the label set
 /// without bound.
-fn client_api_version(request: &Request<Body>) -> &str {
+fn client_api_version<B>(request: &Request<B>) -> &str {
     request
         .headers()
         .get("client-api-version")
@@ -224,24 +275,22 @@ fn client_api_version(request: &Request<Body>) -> &str {
 
 /// Records a call once: when its status is known, or as `Canceled` if the stream is dropped.
 struct CallRecord {
-    labels: CallLabels,
+    series: Arc<MethodSeries>,
     started: Instant,
     done: bool,
 }
 
 impl CallRecord {
-    fn finish(&mut self, code: &str) {
+    fn finish(&mut self, code: usize) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let m = &METRICS.grpc;
-        let [kind, service, method] = self.labels.values();
-        m.handled
-            .with_label_values(&[kind, service, method, code])
-            .inc();
-        if m.extensive.load(Ordering::Relaxed) {
-            m.handling_seconds
-                .with_label_values(&self.labels.values())
+        if let Some(handled) = self.series.handled.get(code) {
+            handled.inc();
+        }
+        if METRICS.grpc.extensive.load(Ordering::Relaxed) {
+            self.series
+                .handling_seconds
                 .observe(self.started.elapsed().as_secs_f64());
         }
     }
@@ -249,104 +298,94 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        self.finish("Canceled");
+        self.finish(CODE_CANCELED);
     }
 }
 
-fn status_in(headers: &HeaderMap) -> Option<&'static str> {
+const CODE_OK: usize = 0;
+const CODE_CANCELED: usize = 1;
+const CODE_UNKNOWN: usize = 2;
+
+/// The gRPC code number of a `grpc-status` value; anything unknown counts as `Unknown`.
+fn code_number(status: &str) -> usize {
+    status
+        .parse::<usize>()
+        .ok()
+        .filter(|code| *code < CODES.len())
+        .unwrap_or(CODE_UNKNOWN)
+}
+
+fn status_in(headers: &HeaderMap) -> Option<usize> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .map(code_name)
+        .map(code_number)
 }
 
-#[derive(Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
-
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetricsService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetricsService { inner }
-    }
+/// The metrics of one gRPC call, as go-grpc-prometheus and etcd's interceptors count it:
+/// started and client requests when it begins, each message and its bytes both ways, and the
+/// call's code (with its duration under `--metrics extensive`) when it ends.
+pub struct GrpcCall {
+    series: Arc<MethodSeries>,
+    started: Instant,
 }
 
-#[derive(Clone)]
-pub struct GrpcMetricsService<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for GrpcMetricsService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let Some(labels) = CallLabels::of_path(request.uri().path()) else {
-            return Box::pin(self.inner.call(request));
+impl GrpcCall {
+    /// Counts the start of the call `request` makes and wraps its body to count each message
+    /// received. `None` (and the request untouched) when the path names no gRPC method.
+    pub fn start(request: Request<Body>) -> (Option<GrpcCall>, Request<Body>) {
+        let Some(series) = series_of(request.uri().path()) else {
+            return (None, request);
         };
-        METRICS
-            .grpc
-            .started
-            .with_label_values(&labels.values())
-            .inc();
+        series.started.inc();
         METRICS
             .client_requests
-            .with_label_values(&[labels.request_type(), client_api_version(&request)])
+            .with_label_values(&[series.labels.request_type(), client_api_version(&request)])
             .inc();
-        let received = METRICS
-            .grpc
-            .msg_received
-            .with_label_values(&labels.values());
+        let received = series.msg_received.clone();
         let request = request.map(|body| {
             Body::new(Counted {
-                inner: Box::pin(body),
-                on_data: Box::new(move |n| {
-                    METRICS.client_grpc_received_bytes.inc_by(n as u64);
-                    received.inc();
-                }),
+                inner: body,
+                messages: received,
+                bytes: METRICS.client_grpc_received_bytes.clone(),
                 record: None,
             })
         });
-        let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            let mut record = CallRecord {
-                labels: labels.clone(),
-                started,
-                done: false,
-            };
-            if let Some(code) = status_in(response.headers()) {
-                record.finish(code);
-            }
-            let sent = METRICS.grpc.msg_sent.with_label_values(&labels.values());
-            Ok(response.map(|body| {
-                Body::new(Counted {
-                    inner: Box::pin(body),
-                    on_data: Box::new(move |n| {
-                        METRICS.client_grpc_sent_bytes.inc_by(n as u64);
-                        sent.inc();
-                    }),
-                    record: Some(record),
-                })
-            }))
+        let call = GrpcCall {
+            series,
+            started: Instant::now(),
+        };
+        (Some(call), request)
+    }
+
+    /// Records the call's code if the answer already carries it (a trailers-only answer), and
+    /// wraps the answer's body to count each message sent and the code in its trailers.
+    pub fn answered(self, response: Response<Body>) -> Response<Body> {
+        let mut record = CallRecord {
+            series: self.series,
+            started: self.started,
+            done: false,
+        };
+        if let Some(code) = status_in(response.headers()) {
+            record.finish(code);
+        }
+        let sent = record.series.msg_sent.clone();
+        response.map(|body| {
+            Body::new(Counted {
+                inner: body,
+                messages: sent,
+                bytes: METRICS.client_grpc_sent_bytes.clone(),
+                record: Some(record),
+            })
         })
     }
 }
 
 /// A body that counts its data and, for responses, records the call's status from trailers.
 struct Counted {
-    inner: Pin<Box<Body>>,
-    on_data: Box<dyn Fn(usize) + Send + Sync>,
+    inner: Body,
+    messages: IntCounter,
+    bytes: IntCounter,
     record: Option<CallRecord>,
 }
 
@@ -358,13 +397,14 @@ impl HttpBody for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = self.inner.as_mut().poll_frame(cx);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    (self.on_data)(data.len());
+                    self.bytes.inc_by(data.len() as u64);
+                    self.messages.inc();
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    let code = status_in(trailers).unwrap_or("OK");
+                    let code = status_in(trailers).unwrap_or(CODE_OK);
                     if let Some(record) = self.record.as_mut() {
                         record.finish(code);
                     }
@@ -372,12 +412,12 @@ impl HttpBody for Counted {
             }
             Poll::Ready(None) => {
                 if let Some(record) = self.record.as_mut() {
-                    record.finish("OK");
+                    record.finish(CODE_OK);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(record) = self.record.as_mut() {
-                    record.finish("Unknown");
+                    record.finish(CODE_UNKNOWN);
                 }
             }
             Poll::Pending => {}

@@ -7,7 +7,6 @@ pub mod tls;
 
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -47,11 +46,38 @@ pub enum Writes {
     Immediate,
 }
 
+/// What a listener answers requests with: an axum router, or the client URLs' own dispatch.
+pub trait Handler:
+    tower::Service<
+        axum::http::Request<axum::body::Body>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: tower::Service<
+            axum::http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `router` on `listener` until `stop` turns true.
-pub async fn serve(
+pub async fn serve<R: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    router: R,
     writes: Writes,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -87,8 +113,8 @@ pub struct ClientIdentity {
 
 /// `router` for one connection: the client identity (TLS) added to each request, and each
 /// answer counted in `in_flight` until it is ready.
-fn per_connection(
-    router: Router,
+fn per_connection<R: Handler>(
+    router: R,
     identity: Option<ClientIdentity>,
     in_flight: Option<InFlight>,
 ) -> impl tower::Service<
@@ -103,10 +129,7 @@ fn per_connection(
                 request.extensions_mut().insert(identity.clone());
             }
             let mut router = router.clone();
-            let answer = async move {
-                use tower::Service;
-                router.call(request.map(axum::body::Body::new)).await
-            };
+            let answer = async move { router.call(request.map(axum::body::Body::new)).await };
             let in_flight = in_flight.clone();
             async move {
                 match in_flight {
@@ -118,11 +141,11 @@ fn per_connection(
     )
 }
 
-async fn serve_connection(
+async fn serve_connection<R: Handler>(
     builder: auto::Builder<TokioExecutor>,
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    router: R,
     writes: Writes,
 ) {
     let in_flight = (writes == Writes::Coalesced).then(InFlight::default);
