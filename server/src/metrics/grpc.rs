@@ -199,27 +199,31 @@ struct MethodSeries {
     started: IntCounter,
     msg_received: IntCounter,
     msg_sent: IntCounter,
-    /// By gRPC code number (`CODES`).
-    handled: Vec<IntCounter>,
+    /// By gRPC code number (`CODES`), created at zero for etcd's methods (`METHODS`), as
+    /// go-grpc-prometheus does; `None` for any other method, whose series appears with the first
+    /// call that ends with its code.
+    handled: Option<Vec<IntCounter>>,
     handling_seconds: Histogram,
 }
 
 impl MethodSeries {
-    fn resolve(metrics: &GrpcMetrics, labels: CallLabels) -> Self {
+    fn resolve(metrics: &GrpcMetrics, labels: CallLabels, every_code: bool) -> Self {
         let values = labels.values();
         let [kind, service, method] = values;
         Self {
             started: metrics.started.with_label_values(&values),
             msg_received: metrics.msg_received.with_label_values(&values),
             msg_sent: metrics.msg_sent.with_label_values(&values),
-            handled: CODES
-                .iter()
-                .map(|code| {
-                    metrics
-                        .handled
-                        .with_label_values(&[kind, service, method, code])
-                })
-                .collect(),
+            handled: every_code.then(|| {
+                CODES
+                    .iter()
+                    .map(|code| {
+                        metrics
+                            .handled
+                            .with_label_values(&[kind, service, method, code])
+                    })
+                    .collect()
+            }),
             handling_seconds: metrics.handling_seconds.with_label_values(&values),
             labels,
         }
@@ -241,7 +245,7 @@ fn known_methods(metrics: &GrpcMetrics) -> &KnownMethods {
                 };
                 (
                     format!("/{service}/{method}"),
-                    Arc::new(MethodSeries::resolve(metrics, labels)),
+                    Arc::new(MethodSeries::resolve(metrics, labels, true)),
                 )
             })
             .collect()
@@ -256,7 +260,7 @@ fn series_of(path: &str) -> Option<Arc<MethodSeries>> {
         return Some(series.clone());
     }
     let labels = CallLabels::of_path(path)?;
-    Some(Arc::new(MethodSeries::resolve(metrics, labels)))
+    Some(Arc::new(MethodSeries::resolve(metrics, labels, false)))
 }
 
 /// The client-api-version metadata that etcd's Go client sends, as etcd labels requests by it.
@@ -285,8 +289,21 @@ impl CallRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        if let Some(handled) = self.series.handled.get(code) {
-            handled.inc();
+        match &self.series.handled {
+            Some(handled) => {
+                if let Some(counter) = handled.get(code) {
+                    counter.inc();
+                }
+            }
+            None => {
+                let [kind, service, method] = self.series.labels.values();
+                let code = CODES.get(code).copied().unwrap_or("Unknown");
+                METRICS
+                    .grpc
+                    .handled
+                    .with_label_values(&[kind, service, method, code])
+                    .inc();
+            }
         }
         if METRICS.grpc.extensive.load(Ordering::Relaxed) {
             self.series
