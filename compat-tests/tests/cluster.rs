@@ -66,6 +66,53 @@ async fn three_members_start_from_flags_and_agree_on_everything() {
         }
     }
 
+    // The peer URLs answer etcd's peer HTTP endpoints next to the peer protocol, and
+    // anything else as Go's mux does.
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let peer = cluster.members[0].peer_url();
+    let listed: serde_json::Value = http
+        .get(format!("{peer}/members"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {peer}/members: {e}"))
+        .text()
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .expect("/members is JSON");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(3),
+        "{peer}/members lists three members: {listed}"
+    );
+    let version: serde_json::Value = http
+        .get(format!("{peer}/version"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {peer}/version: {e}"))
+        .text()
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .expect("/version is JSON");
+    assert!(
+        version["etcdserver"].is_string(),
+        "{peer}/version: {version}"
+    );
+    let unknown = http
+        .get(format!("{peer}/no/such/path"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {peer}/no/such/path: {e}"));
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.text().await.unwrap_or_default(),
+        "404 page not found\n"
+    );
+
     // endpoint status and health across the cluster, as operators run them.
     let all = cluster.endpoints_flag();
     let status = etcdctl_at(&all, &["endpoint", "status", "-w", "json"])

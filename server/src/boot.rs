@@ -564,6 +564,13 @@ fn serve_listener(
             writes,
             stop.clone(),
         )),
+        ListenerHandler::Peer(peer) => tokio::spawn(transport::serve(
+            listener.tcp,
+            listener.tls,
+            peer,
+            writes,
+            stop.clone(),
+        )),
         ListenerHandler::Router(router) => tokio::spawn(transport::serve(
             listener.tcp,
             listener.tls,
@@ -690,6 +697,8 @@ struct BoundListener {
 enum ListenerHandler {
     /// The client URLs: etcd's gRPC services, then HTTP.
     Client(api::dispatch::ClientService),
+    /// The peer URLs: the peer protocol, then etcd's peer HTTP endpoints.
+    Peer(crate::raft::peer::server::PeerFrontDoor),
     Router(axum::Router),
 }
 
@@ -700,31 +709,8 @@ fn client_handler(member: &Arc<Member>, gateway: bool) -> ListenerHandler {
     if gateway {
         http = http.merge(crate::http::gateway::router(services.clone()));
     }
-    let http = http.fallback(client_url_fallback);
+    let http = http.fallback(crate::http::unknown_path);
     ListenerHandler::Client(api::dispatch::ClientService::new(&services, http))
-}
-
-/// An unknown path: gRPC clients get `Unimplemented` (as grpc-go answers), anyone else Go's
-/// `404 page not found` (as etcd's HTTP mux does), never an empty 200.
-async fn client_url_fallback(request: axum::extract::Request) -> axum::response::Response {
-    use axum::http::{header, HeaderValue, StatusCode};
-    use axum::response::IntoResponse;
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
-        return tonic::Status::unimplemented("")
-            .into_http::<axum::body::Body>()
-            .into_response();
-    }
-    let mut response = (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 fn hosts_of(urls: &[ListenUrl]) -> Vec<String> {
@@ -744,7 +730,7 @@ async fn bind_listeners(
 ) -> Result<Vec<BoundListener>, BootError> {
     let client_router = client_handler(member, config.enable_grpc_gateway);
     let metrics_router = ListenerHandler::Router(crate::http::router(member.clone()));
-    let peer_router = ListenerHandler::Router(raft.peer_router());
+    let peer_router = ListenerHandler::Peer(raft.peer_front_door());
     let mut bound = Vec::new();
     let groups = [
         (

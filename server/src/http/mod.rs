@@ -47,6 +47,28 @@ pub fn router(member: Arc<Member>) -> Router {
     router.with_state(member)
 }
 
+/// An unknown path on the client or peer URLs: gRPC clients get `Unimplemented` (as grpc-go
+/// answers), anyone else Go's `404 page not found` (as etcd's HTTP mux does), never an empty
+/// 200.
+pub async fn unknown_path(request: axum::extract::Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented("")
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    let mut response = (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// Go's `http.Error`: text/plain, the message and a newline.
 fn text_error(status: StatusCode, message: &str) -> Response {
     let mut response = (status, format!("{message}\n")).into_response();

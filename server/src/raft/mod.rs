@@ -304,8 +304,8 @@ impl RaftNode {
     }
 
     /// The peer listener's routes: the peer protocol and etcd's peer HTTP endpoints.
-    pub fn peer_router(self: &Arc<Self>) -> axum::Router {
-        peer::server::router(self.clone())
+    pub fn peer_front_door(self: &Arc<Self>) -> peer::server::PeerFrontDoor {
+        peer::server::front_door(self.clone())
     }
 
     /// How long a leader's claim lasts without hearing from a quorum, and a follower's trust

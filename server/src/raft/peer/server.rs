@@ -12,6 +12,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
 };
 use openraft::Snapshot;
+use tonic::server::NamedService;
 use tonic::{Request, Status, Streaming};
 
 use super::client::{
@@ -39,14 +40,57 @@ pub struct PeerService {
     node: Arc<RaftNode>,
 }
 
-/// The peer listener's routes.
-pub fn router(node: Arc<RaftNode>) -> axum::Router {
-    let grpc = tonic::service::Routes::new(
-        PeerServer::new(PeerService { node: node.clone() })
+/// What the peer listener answers with: the peer protocol's gRPC calls go straight to its
+/// service, anything else to the HTTP router. Every replicated entry crosses here on each
+/// follower, so the call skips the two router levels (axum's and tonic's) it went through
+/// before (bench/results/perf-push-2.md, step 16).
+#[derive(Clone)]
+pub struct PeerFrontDoor {
+    grpc: PeerServer<PeerService>,
+    http: axum::Router,
+}
+
+impl tower::Service<axum::http::Request<axum::body::Body>> for PeerFrontDoor {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<axum::body::Body>) -> Self::Future {
+        if is_peer_grpc(request.uri().path()) {
+            let answer = self.grpc.call(request);
+            Box::pin(async move { Ok(answer.await?.map(axum::body::Body::new)) })
+        } else {
+            Box::pin(self.http.call(request))
+        }
+    }
+}
+
+/// `/keelson.peerpb.Peer/<method>`.
+fn is_peer_grpc(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(<PeerServer<PeerService> as NamedService>::NAME))
+        .is_some_and(|method| method.starts_with('/'))
+}
+
+/// The peer listener's front door.
+pub fn front_door(node: Arc<RaftNode>) -> PeerFrontDoor {
+    PeerFrontDoor {
+        grpc: PeerServer::new(PeerService { node: node.clone() })
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-    )
-    .into_axum_router();
+        http: http_router(node),
+    }
+}
+
+/// etcd's peer HTTP endpoints, and the fault-injection ones when enabled.
+fn http_router(node: Arc<RaftNode>) -> axum::Router {
     let mut http = axum::Router::new()
         .route("/members", get(members))
         .route("/version", get(version));
@@ -61,7 +105,7 @@ pub fn router(node: Arc<RaftNode>) -> axum::Router {
             get(get_fsync_delay).put(put_fsync_delay),
         );
     }
-    grpc.merge(http.with_state(node))
+    http.fallback(crate::http::unknown_path).with_state(node)
 }
 
 fn hex(id: u64) -> String {
