@@ -26,6 +26,7 @@ use super::lease::LeaseService;
 use super::lock::LockService;
 use super::maintenance::MaintenanceService;
 use super::watch::WatchService;
+use super::watch_reply::{WatchMethod, WatchReply};
 use super::{learner, message_limit, message_sizes, Services};
 use crate::member::Member;
 use crate::metrics::grpc::GrpcCall;
@@ -35,13 +36,18 @@ use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::etcdserverpb::WatchRequest;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use tonic_health::pb::health_server::HealthServer;
+use tonic_prost::ProstCodec;
 
 /// The tonic server of every gRPC service the client URLs serve.
 struct GrpcServers {
     kv: KvServer<KvService>,
+    /// The Watch method itself, served with shared, once-encoded events ([`WatchMethod`]).
+    watch_method: WatchStreams,
+    /// The rest of the Watch service: tonic's answer to methods it does not have.
     watch: WatchServer<WatchService>,
     lease: LeaseServer<LeaseService>,
     cluster: ClusterServer<ClusterService>,
@@ -64,6 +70,11 @@ impl GrpcServers {
         }
         Self {
             kv: sized!(KvServer::from_arc(services.kv.clone())),
+            watch_method: WatchStreams {
+                service: services.watch.clone(),
+                max_recv,
+                max_send,
+            },
             watch: sized!(WatchServer::from_arc(services.watch.clone())),
             lease: sized!(LeaseServer::from_arc(services.lease.clone())),
             cluster: sized!(ClusterServer::from_arc(services.cluster.clone())),
@@ -83,6 +94,9 @@ impl GrpcServers {
     ) -> tonic::codegen::BoxFuture<Response<tonic::body::Body>, Infallible> {
         match service {
             GrpcService::Kv => self.kv.clone().call(request),
+            GrpcService::Watch if request.uri().path() == WATCH_METHOD_PATH => {
+                self.watch_method.call(request)
+            }
             GrpcService::Watch => self.watch.clone().call(request),
             GrpcService::Lease => self.lease.clone().call(request),
             GrpcService::Cluster => self.cluster.clone().call(request),
@@ -92,6 +106,29 @@ impl GrpcServers {
             GrpcService::Election => self.election.clone().call(request),
             GrpcService::Health => self.health.clone().call(request),
         }
+    }
+}
+
+const WATCH_METHOD_PATH: &str = "/etcdserverpb.Watch/Watch";
+
+/// `etcdserverpb.Watch/Watch` as tonic's generated server would serve it (same codec, same
+/// message limits; no compression, like every other service here), with [`WatchReply`] as the
+/// response type.
+struct WatchStreams {
+    service: Arc<WatchService>,
+    max_recv: usize,
+    max_send: usize,
+}
+
+impl WatchStreams {
+    fn call(
+        &self,
+        request: Request<Body>,
+    ) -> tonic::codegen::BoxFuture<Response<tonic::body::Body>, Infallible> {
+        let method = WatchMethod(self.service.clone());
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<WatchReply, WatchRequest>::default())
+            .apply_max_message_size_config(Some(self.max_recv), Some(self.max_send));
+        Box::pin(async move { Ok(grpc.streaming(method, request).await) })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod message_limit;
 pub mod status;
 pub mod validate;
 pub mod watch;
+pub mod watch_reply;
 
 use std::sync::Arc;
 

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use prost::Message;
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::watch_reply::{fragments, WatchReply};
 use crate::error::EtcdError;
 use crate::member::{Credentials, Member};
 use crate::mvcc::read::KeyRange;
@@ -21,6 +21,9 @@ use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 
+/// What the Watch method streams back ([`WatchReply`]: events shared, encoded once).
+pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
+/// The same as plain `WatchResponse`s, for the generated `Watch` trait and the JSON gateway.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 pub struct WatchService {
@@ -54,7 +57,7 @@ impl WatchService {
     /// Serves one watch stream whose requests come from `request`: the gRPC stream, or the
     /// gateway's JSON body (the gateway calls this in-process, so checks on the stream and its
     /// metadata belong here).
-    pub fn open<S>(&self, request: Request<S>) -> Result<ResponseStream, Status>
+    pub fn open<S>(&self, request: Request<S>) -> Result<ReplyStream, Status>
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
@@ -70,6 +73,17 @@ impl WatchService {
         ));
         Ok(responses(self.member.clone(), messages, needs_leader))
     }
+
+    /// [`Self::open`], its replies made plain `WatchResponse`s.
+    pub fn open_plain<S>(&self, request: Request<S>) -> Result<ResponseStream, Status>
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
+        let replies = self.open(request)?;
+        Ok(Box::pin(
+            replies.map(|reply| reply.map(WatchReply::into_response)),
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -78,7 +92,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        Ok(Response::new(self.open(request)?))
+        Ok(Response::new(self.open_plain(request)?))
     }
 }
 
@@ -181,7 +195,7 @@ fn responses(
     member: Arc<Member>,
     messages: mpsc::Receiver<WatchMessage>,
     needs_leader: bool,
-) -> ResponseStream {
+) -> ReplyStream {
     let check_every = member.raft().election_timeout();
     let outgoing = Outgoing {
         leader_check: needs_leader.then(|| tokio::time::interval(check_every)),
@@ -204,7 +218,7 @@ struct Outgoing {
     member: Arc<Member>,
     messages: mpsc::Receiver<WatchMessage>,
     /// Responses made and not yet handed to gRPC.
-    ready: VecDeque<WatchResponse>,
+    ready: VecDeque<WatchReply>,
     /// Ticks every election timeout, for streams that require a leader.
     leader_check: Option<tokio::time::Interval>,
     leaderless_since: Option<tokio::time::Instant>,
@@ -212,7 +226,7 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+    async fn next(&mut self) -> Option<Result<WatchReply, Status>> {
         loop {
             if let Some(response) = self.ready.pop_front() {
                 return Some(Ok(response));
@@ -260,7 +274,7 @@ fn to_responses(
     member: &Member,
     header: &ResponseHeader,
     message: WatchMessage,
-) -> Vec<WatchResponse> {
+) -> Vec<WatchReply> {
     let response = |revision: i64, watch_id: i64| WatchResponse {
         header: Some(ResponseHeader {
             revision,
@@ -269,32 +283,32 @@ fn to_responses(
         watch_id,
         ..Default::default()
     };
-    match message {
-        WatchMessage::Created { watch_id, revision } => vec![WatchResponse {
+    let head = match message {
+        WatchMessage::Created { watch_id, revision } => WatchResponse {
             created: true,
             ..response(revision, watch_id)
-        }],
+        },
         WatchMessage::Refused {
             watch_id,
             revision,
             reason,
-        } => vec![WatchResponse {
+        } => WatchResponse {
             created: true,
             canceled: true,
             cancel_reason: reason,
             ..response(revision, watch_id)
-        }],
+        },
         WatchMessage::Events {
             watch_id,
             revision,
             events,
             fragment,
         } => {
-            let whole = WatchResponse {
+            let whole = WatchReply {
+                head: response(revision, watch_id),
                 events,
-                ..response(revision, watch_id)
             };
-            if fragment {
+            return if fragment {
                 // etcd splits at its gRPC message limit: --max-request-bytes plus the overhead.
                 fragments(
                     whole,
@@ -302,54 +316,32 @@ fn to_responses(
                 )
             } else {
                 vec![whole]
-            }
+            };
         }
         WatchMessage::Compacted {
             watch_id,
             revision,
             compact_revision,
-        } => vec![WatchResponse {
+        } => WatchResponse {
             canceled: true,
             compact_revision,
             ..response(revision, watch_id)
-        }],
-        WatchMessage::Canceled { watch_id, revision } => vec![WatchResponse {
+        },
+        WatchMessage::Canceled { watch_id, revision } => WatchResponse {
             canceled: true,
             ..response(revision, watch_id)
-        }],
-        WatchMessage::Progress { watch_id, revision } => vec![response(revision, watch_id)],
-    }
-}
-
-/// Splits a response whose encoding reaches `limit` into several, each marked `fragment`
-/// but the last; a single event is never split (etcd's rule).
-fn fragments(whole: WatchResponse, limit: usize) -> Vec<WatchResponse> {
-    if whole.encoded_len() < limit || whole.events.len() < 2 {
-        return vec![whole];
-    }
-    let template = WatchResponse {
-        events: Vec::new(),
-        fragment: true,
-        ..whole.clone()
+        },
+        WatchMessage::Progress { watch_id, revision } => response(revision, watch_id),
     };
-    let mut parts = Vec::new();
-    let mut current = template.clone();
-    for event in whole.events {
-        let grows_to = current.encoded_len() + event.encoded_len() + 2;
-        if !current.events.is_empty() && grows_to >= limit {
-            parts.push(std::mem::replace(&mut current, template.clone()));
-        }
-        current.events.push(event);
-    }
-    current.fragment = false;
-    parts.push(current);
-    parts
+    vec![WatchReply {
+        head,
+        events: Vec::new(),
+    }]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::mvccpb::{Event, KeyValue};
 
     #[test]
     fn a_stream_requiring_a_leader_is_refused_without_one() {
@@ -360,30 +352,5 @@ mod tests {
         let refused = check_leader(&metadata, None).expect_err("no leader");
         assert_eq!(refused.code(), tonic::Code::Unavailable);
         assert_eq!(refused.message(), "etcdserver: no leader");
-    }
-
-    #[test]
-    fn fragments_keep_every_event_in_order_and_mark_all_but_the_last() {
-        let events: Vec<Event> = (0..10)
-            .map(|i| Event {
-                kv: Some(KeyValue {
-                    key: Bytes::from(format!("k{i}")),
-                    value: Bytes::from(vec![b'x'; 100]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect();
-        let whole = WatchResponse {
-            watch_id: 3,
-            events: events.clone(),
-            ..Default::default()
-        };
-        let parts = fragments(whole, 300);
-        assert!(parts.len() > 1);
-        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
-        assert!(!parts[parts.len() - 1].fragment);
-        let rejoined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
-        assert_eq!(rejoined, events);
     }
 }

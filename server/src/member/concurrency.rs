@@ -471,9 +471,9 @@ impl Member {
             match message {
                 WatchMessage::Events { events, .. } => {
                     let put = events
-                        .into_iter()
+                        .iter()
                         .find(|e| e.r#type == EventType::Put as i32)
-                        .and_then(|e| e.kv);
+                        .and_then(|e| e.kv.clone());
                     if let Some(kv) = put {
                         // etcd reports the put's own revision, not the batch's last.
                         return Some((self.header(kv.mod_revision), kv));
@@ -510,7 +510,7 @@ impl Member {
                         if event.r#type == EventType::Delete as i32 {
                             return true;
                         }
-                        let Some(kv) = event.kv else { continue };
+                        let Some(kv) = event.kv.clone() else { continue };
                         if out.send((self.header(revision), kv)).await.is_err() {
                             return false;
                         }

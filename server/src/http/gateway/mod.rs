@@ -265,7 +265,7 @@ async fn serve(services: Services, route: Route, request: Request) -> Response {
                 };
             let request =
                 tonic::Request::from_parts(metadata, tonic::Extensions::default(), requests);
-            match services.watch.open(request) {
+            match services.watch.open_plain(request) {
                 Ok(responses) => stream_response(responses, Some(closed)).await,
                 Err(status) => error_response(&status),
             }

@@ -15,8 +15,7 @@
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::WatchMessage;
-use crate::proto::mvccpb::Event;
+use super::{SharedEvent, WatchMessage};
 
 /// Messages taken from a stream's queue at once (its capacity).
 const TAKE_AT_MOST: usize = super::STREAM_BUFFER;
@@ -98,7 +97,7 @@ impl Merger {
     }
 }
 
-fn events_bytes(events: &[Event]) -> usize {
+fn events_bytes(events: &[SharedEvent]) -> usize {
     let kv_bytes = |kv: &Option<crate::proto::mvccpb::KeyValue>| {
         kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())
     };
@@ -111,7 +110,7 @@ fn events_bytes(events: &[Event]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::mvccpb::KeyValue;
+    use crate::proto::mvccpb::{Event, KeyValue};
     use bytes::Bytes;
 
     fn event(revision: i64, value_len: usize) -> Event {
@@ -130,7 +129,7 @@ mod tests {
         WatchMessage::Events {
             watch_id,
             revision,
-            events: vec![event(revision, 10)],
+            events: vec![event(revision, 10).into()],
             fragment: false,
         }
     }
@@ -200,7 +199,7 @@ mod tests {
         let big = |revision| WatchMessage::Events {
             watch_id: 1,
             revision,
-            events: vec![event(revision, MERGED_BYTES / 2 - 8)],
+            events: vec![event(revision, MERGED_BYTES / 2 - 8).into()],
             fragment: false,
         };
         let merged = queued(vec![big(5), big(6), big(7)]).await;
@@ -213,7 +212,7 @@ mod tests {
         let large = |watch_id, revision| WatchMessage::Events {
             watch_id,
             revision,
-            events: vec![event(revision, TAKE_BYTES / 2)],
+            events: vec![event(revision, TAKE_BYTES / 2).into()],
             fragment: false,
         };
         for revision in 5..9 {

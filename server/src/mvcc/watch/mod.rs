@@ -16,6 +16,7 @@
 mod history;
 mod index;
 pub mod merge;
+mod shared;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,6 +34,7 @@ use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::Event;
 use crate::storage::Storage;
 use index::MatchIndex;
+pub use shared::SharedEvent;
 
 /// Responses buffered per stream before its watchers fall back to catching up from storage
 /// (etcd buffers 128 too).
@@ -89,7 +91,7 @@ pub enum WatchMessage {
     Events {
         watch_id: i64,
         revision: i64,
-        events: Vec<Event>,
+        events: Vec<SharedEvent>,
         fragment: bool,
     },
     Compacted {
@@ -124,14 +126,52 @@ impl Watcher {
     }
 
     fn shape(&self, event: &Event) -> Event {
-        if self.spec.prev_kv || event.prev_kv.is_none() {
+        if self.keeps_prev_kv(event) {
             event.clone()
         } else {
-            Event {
-                prev_kv: None,
-                ..event.clone()
-            }
+            without_prev_kv(event)
         }
+    }
+
+    fn keeps_prev_kv(&self, event: &Event) -> bool {
+        self.spec.prev_kv || event.prev_kv.is_none()
+    }
+}
+
+fn without_prev_kv(event: &Event) -> Event {
+    Event {
+        prev_kv: None,
+        ..event.clone()
+    }
+}
+
+/// The two shapes of one committed event, each made the first time a watcher takes it and
+/// then shared by every watcher that takes the same.
+struct EventShapes<'a> {
+    event: &'a Event,
+    whole: Option<SharedEvent>,
+    without_prev_kv: Option<SharedEvent>,
+}
+
+impl<'a> EventShapes<'a> {
+    fn of(event: &'a Event) -> Self {
+        Self {
+            event,
+            whole: None,
+            without_prev_kv: None,
+        }
+    }
+
+    fn for_watcher(&mut self, watcher: &Watcher) -> SharedEvent {
+        let event = self.event;
+        let slot = if watcher.keeps_prev_kv(event) {
+            self.whole
+                .get_or_insert_with(|| SharedEvent::new(event.clone()))
+        } else {
+            self.without_prev_kv
+                .get_or_insert_with(|| SharedEvent::new(without_prev_kv(event)))
+        };
+        slot.clone()
     }
 }
 
@@ -231,12 +271,13 @@ impl WatchHub {
     pub fn publish(&self, revision: i64, events: &[Event]) {
         let mut state = self.lock();
         state.current = revision;
-        let mut matched: HashMap<WatcherKey, (bool, Vec<Event>)> = HashMap::new();
+        let mut matched: HashMap<WatcherKey, (bool, Vec<SharedEvent>)> = HashMap::new();
         let HubState {
             index, watchers, ..
         } = &mut *state;
         for event in events {
             let Some(kv) = &event.kv else { continue };
+            let mut shapes = EventShapes::of(event);
             index.for_each_match(&kv.key, |key| {
                 if let Some(w) = watchers.get(&key) {
                     if w.synced && w.next_rev <= revision && w.wants(event) {
@@ -244,7 +285,7 @@ impl WatchHub {
                             .entry(key)
                             .or_insert_with(|| (w.spec.fragment, Vec::new()))
                             .1
-                            .push(w.shape(event));
+                            .push(shapes.for_watcher(w));
                     }
                 }
             });
@@ -671,14 +712,14 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
     let mut stalled = false;
     let mut sent = false;
     for (revision, events) in history.revisions.iter().filter(|(r, _)| *r >= w.next_rev) {
-        let mine: Vec<Event> = events
+        let mine: Vec<SharedEvent> = events
             .iter()
             .filter(|e| {
                 e.kv.as_ref()
                     .is_some_and(|kv| behind.range.contains(&kv.key))
             })
             .filter(|e| w.wants(e))
-            .map(|e| w.shape(e))
+            .map(|e| SharedEvent::new(w.shape(e)))
             .collect();
         if mine.is_empty() {
             if pending.is_none() {
@@ -686,7 +727,7 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
             }
             continue;
         }
-        let size: usize = mine.iter().map(Message::encoded_len).sum();
+        let size: usize = mine.iter().map(|e| e.encoded_len()).sum();
         if pending
             .as_ref()
             .is_some_and(|p| p.bytes + size > CATCH_UP_MESSAGE_BYTES)
@@ -732,7 +773,7 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
 struct Batch {
     first: i64,
     last: i64,
-    events: Vec<Event>,
+    events: Vec<SharedEvent>,
     bytes: usize,
 }
 
@@ -746,7 +787,7 @@ impl Batch {
         }
     }
 
-    fn add(&mut self, revision: i64, events: Vec<Event>, bytes: usize) {
+    fn add(&mut self, revision: i64, events: Vec<SharedEvent>, bytes: usize) {
         self.last = revision;
         self.events.extend(events);
         self.bytes += bytes;
