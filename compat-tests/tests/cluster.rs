@@ -73,31 +73,13 @@ async fn three_members_start_from_flags_and_agree_on_everything() {
         .build()
         .expect("an HTTP client");
     let peer = cluster.members[0].peer_url();
-    let listed: serde_json::Value = http
-        .get(format!("{peer}/members"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {peer}/members: {e}"))
-        .text()
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_str(&body).ok())
-        .expect("/members is JSON");
+    let listed = get_json(&http, &format!("{peer}/members")).await;
     assert_eq!(
         listed.as_array().map(Vec::len),
         Some(3),
         "{peer}/members lists three members: {listed}"
     );
-    let version: serde_json::Value = http
-        .get(format!("{peer}/version"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {peer}/version: {e}"))
-        .text()
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_str(&body).ok())
-        .expect("/version is JSON");
+    let version = get_json(&http, &format!("{peer}/version")).await;
     assert!(
         version["etcdserver"].is_string(),
         "{peer}/version: {version}"
@@ -532,4 +514,16 @@ async fn move_leader_follows_etcds_rules() {
     let text = moved.expect_success("move-leader");
     assert!(text.contains("Leadership transferred"), "{text}");
     assert_eq!(cluster.leader().await, follower);
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    let body = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body: {e}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {body}"))
 }
