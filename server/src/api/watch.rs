@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -15,7 +14,7 @@ use crate::error::EtcdError;
 use crate::member::{Credentials, Member};
 use crate::mvcc::read::KeyRange;
 use crate::mvcc::watch::merge::take_queued;
-use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
+use crate::mvcc::watch::{WatchMessage, WatchReceiver, WatchSpec, WatchStream};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
@@ -191,11 +190,7 @@ fn spec_of(create: WatchCreateRequest) -> WatchSpec {
 /// The stream's responses, made from the hub's messages as gRPC asks for them: what queued
 /// meanwhile is taken at once ([`take_queued`]). Ends the stream if a leader-requiring stream
 /// loses its leader for three election timeouts, as etcd does.
-fn responses(
-    member: Arc<Member>,
-    messages: mpsc::Receiver<WatchMessage>,
-    needs_leader: bool,
-) -> ReplyStream {
+fn responses(member: Arc<Member>, messages: WatchReceiver, needs_leader: bool) -> ReplyStream {
     let check_every = member.raft().election_timeout();
     let outgoing = Outgoing {
         leader_check: needs_leader.then(|| tokio::time::interval(check_every)),
@@ -216,7 +211,7 @@ fn responses(
 
 struct Outgoing {
     member: Arc<Member>,
-    messages: mpsc::Receiver<WatchMessage>,
+    messages: WatchReceiver,
     /// Responses made and not yet handed to gRPC.
     ready: VecDeque<WatchReply>,
     /// Ticks every election timeout, for streams that require a leader.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::{Credentials, Member};
 use crate::error::EtcdError;
 use crate::mvcc::read::KeyRange;
-use crate::mvcc::watch::{WatchMessage, WatchSpec, WatchStream};
+use crate::mvcc::watch::{WatchMessage, WatchReceiver, WatchSpec, WatchStream};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::request_op::Request as Op;
@@ -526,7 +526,7 @@ impl Member {
         &self,
         range: KeyRange,
         start_revision: i64,
-    ) -> Option<(WatchStream, mpsc::Receiver<WatchMessage>)> {
+    ) -> Option<(WatchStream, WatchReceiver)> {
         let (stream, messages) = self.store.watch_hub().open_stream();
         let spec = WatchSpec {
             watch_id: 0,

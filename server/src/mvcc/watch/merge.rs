@@ -12,10 +12,8 @@
 //! (created, canceled, compacted, progress) is a barrier nothing is moved across, so a
 //! progress answer never precedes events older than its revision.
 
+use super::{SharedEvent, WatchMessage, WatchReceiver};
 use foldhash::HashMap;
-use tokio::sync::mpsc;
-
-use super::{SharedEvent, WatchMessage};
 
 /// Messages taken from a stream's queue at once (its capacity).
 const TAKE_AT_MOST: usize = super::STREAM_BUFFER;
@@ -28,10 +26,7 @@ const MERGED_BYTES: usize = 256 << 10;
 
 /// `first` and the messages queued behind it (up to [`TAKE_AT_MOST`] messages and about
 /// [`TAKE_BYTES`]), merged.
-pub fn take_queued(
-    first: WatchMessage,
-    queue: &mut mpsc::Receiver<WatchMessage>,
-) -> Vec<WatchMessage> {
+pub fn take_queued(first: WatchMessage, queue: &mut WatchReceiver) -> Vec<WatchMessage> {
     let mut merger = Merger::default();
     merger.push(first);
     for _ in 1..TAKE_AT_MOST {
@@ -39,8 +34,8 @@ pub fn take_queued(
             break;
         }
         match queue.try_recv() {
-            Ok(message) => merger.push(message),
-            Err(_) => break,
+            Some(message) => merger.push(message),
+            None => break,
         }
     }
     merger.merged
@@ -109,9 +104,16 @@ fn events_bytes(events: &[SharedEvent]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::Queued;
     use super::*;
     use crate::proto::mvccpb::{Event, KeyValue};
     use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    fn queue(capacity: usize) -> (mpsc::Sender<Queued>, WatchReceiver) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, WatchReceiver::new(rx))
+    }
 
     fn event(revision: i64, value_len: usize) -> Event {
         Event {
@@ -158,9 +160,9 @@ mod tests {
     }
 
     async fn queued(messages: Vec<WatchMessage>) -> Vec<WatchMessage> {
-        let (tx, mut rx) = mpsc::channel(super::super::STREAM_BUFFER);
+        let (tx, mut rx) = queue(super::super::STREAM_BUFFER);
         for m in messages {
-            tx.send(m).await.expect("open");
+            tx.send(Queued::One(m)).await.expect("open");
         }
         let first = rx.recv().await.expect("one message");
         take_queued(first, &mut rx)
@@ -208,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_take_stops_at_its_byte_bound_and_leaves_the_rest_queued() {
-        let (tx, mut rx) = mpsc::channel(super::super::STREAM_BUFFER);
+        let (tx, mut rx) = queue(super::super::STREAM_BUFFER);
         let large = |watch_id, revision| WatchMessage::Events {
             watch_id,
             revision,
@@ -216,7 +218,9 @@ mod tests {
             fragment: false,
         };
         for revision in 5..9 {
-            tx.send(large(revision, revision)).await.expect("open");
+            tx.send(Queued::One(large(revision, revision)))
+                .await
+                .expect("open");
         }
         let first = rx.recv().await.expect("one");
         let taken = take_queued(first, &mut rx);
@@ -227,13 +231,13 @@ mod tests {
 
     #[tokio::test]
     async fn only_what_is_queued_is_taken() {
-        let (tx, mut rx) = mpsc::channel(4);
-        tx.send(events(1, 5)).await.expect("open");
+        let (tx, mut rx) = queue(4);
+        tx.send(Queued::One(events(1, 5))).await.expect("open");
         let first = rx.recv().await.expect("one");
         assert_eq!(shape(&take_queued(first, &mut rx)), ["1@5:[5]"]);
-        tx.send(events(1, 6)).await.expect("open");
+        tx.send(Queued::One(events(1, 6))).await.expect("open");
         assert!(
-            rx.try_recv().is_ok(),
+            rx.try_recv().is_some(),
             "a later message waits for the next take"
         );
     }

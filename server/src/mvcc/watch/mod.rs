@@ -16,6 +16,7 @@
 mod history;
 mod index;
 pub mod merge;
+mod queue;
 mod shared;
 
 use std::collections::BTreeSet;
@@ -34,10 +35,12 @@ use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::Event;
 use crate::storage::Storage;
 use index::MatchIndex;
+use queue::Queued;
+pub use queue::WatchReceiver;
 pub use shared::SharedEvent;
 
-/// Responses buffered per stream before its watchers fall back to catching up from storage
-/// (etcd buffers 128 too).
+/// Revisions (and the stream's other messages) buffered per stream before its watchers fall
+/// back to catching up from storage (etcd buffers 128 responses).
 pub const STREAM_BUFFER: usize = 128;
 /// Bytes of history read per catch-up round.
 const CATCH_UP_BYTES: usize = 4 << 20;
@@ -109,6 +112,19 @@ pub enum WatchMessage {
     },
 }
 
+impl WatchMessage {
+    pub fn watch_id(&self) -> i64 {
+        match self {
+            Self::Created { watch_id, .. }
+            | Self::Refused { watch_id, .. }
+            | Self::Events { watch_id, .. }
+            | Self::Compacted { watch_id, .. }
+            | Self::Canceled { watch_id, .. }
+            | Self::Progress { watch_id, .. } => *watch_id,
+        }
+    }
+}
+
 struct Watcher {
     spec: WatchSpec,
     /// The first revision this watcher has not been handed yet (while unsynced), or the first
@@ -176,7 +192,7 @@ impl<'a> EventShapes<'a> {
 }
 
 struct StreamState {
-    tx: mpsc::Sender<WatchMessage>,
+    tx: mpsc::Sender<Queued>,
     watches: BTreeSet<i64>,
     next_auto_id: i64,
     unsynced: usize,
@@ -191,6 +207,16 @@ struct HubState {
     index: MatchIndex<WatcherKey>,
     unsynced: BTreeSet<WatcherKey>,
     progress_interval: Duration,
+    /// Kept between publishes so that its maps keep their capacity (at most one entry per
+    /// watcher).
+    scratch: PublishScratch,
+}
+
+/// A revision's matches while it is being published.
+#[derive(Default)]
+struct PublishScratch {
+    by_watcher: HashMap<WatcherKey, (bool, Vec<SharedEvent>)>,
+    by_stream: HashMap<StreamId, Vec<WatchMessage>>,
 }
 
 pub struct WatchHub {
@@ -216,6 +242,7 @@ impl WatchHub {
                 index: MatchIndex::default(),
                 unsynced: BTreeSet::new(),
                 progress_interval: DEFAULT_PROGRESS_INTERVAL,
+                scratch: PublishScratch::default(),
             }),
             wake: Condvar::new(),
             storage,
@@ -242,7 +269,7 @@ impl WatchHub {
     }
 
     /// Opens a stream; its messages arrive on the returned receiver.
-    pub fn open_stream(self: &Arc<Self>) -> (WatchStream, mpsc::Receiver<WatchMessage>) {
+    pub fn open_stream(self: &Arc<Self>) -> (WatchStream, WatchReceiver) {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut state = self.lock();
         let id = state.next_stream;
@@ -263,7 +290,7 @@ impl WatchHub {
                 id,
                 tx,
             },
-            rx,
+            WatchReceiver::new(rx),
         )
     }
 
@@ -271,47 +298,34 @@ impl WatchHub {
     pub fn publish(&self, revision: i64, events: &[Event]) {
         let mut state = self.lock();
         state.current = revision;
-        let mut matched: HashMap<WatcherKey, (bool, Vec<SharedEvent>)> = HashMap::new();
-        let HubState {
-            index, watchers, ..
-        } = &mut *state;
-        for event in events {
-            let Some(kv) = &event.kv else { continue };
-            let mut shapes = EventShapes::of(event);
-            index.for_each_match(&kv.key, |key| {
-                if let Some(w) = watchers.get(&key) {
-                    if w.synced && w.next_rev <= revision && w.wants(event) {
-                        matched
-                            .entry(key)
-                            .or_insert_with(|| (w.spec.fragment, Vec::new()))
-                            .1
-                            .push(shapes.for_watcher(w));
-                    }
-                }
-            });
-        }
+        let mut scratch = std::mem::take(&mut state.scratch);
+        match_synced(&mut state, revision, events, &mut scratch);
         let mut fell_behind = Vec::new();
-        for (key, (fragment, events)) in matched {
-            let Some(stream) = state.streams.get(&key.stream) else {
+        for (stream_id, messages) in scratch.by_stream.drain() {
+            let Some(stream) = state.streams.get(&stream_id) else {
                 continue;
             };
-            let message = WatchMessage::Events {
-                watch_id: key.watch,
-                revision,
-                events,
-                fragment,
-            };
-            match stream.tx.try_send(message) {
+            let keys: Vec<WatcherKey> = messages
+                .iter()
+                .map(|m| WatcherKey {
+                    stream: stream_id,
+                    watch: m.watch_id(),
+                })
+                .collect();
+            match stream.tx.try_send(Queued::Revision(messages)) {
                 Ok(()) => {
-                    if let Some(w) = state.watchers.get_mut(&key) {
-                        w.next_rev = revision + 1;
-                        w.sent_since_tick = true;
+                    for key in keys {
+                        if let Some(w) = state.watchers.get_mut(&key) {
+                            w.next_rev = revision + 1;
+                            w.sent_since_tick = true;
+                        }
                     }
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => fell_behind.push(key),
+                Err(mpsc::error::TrySendError::Full(_)) => fell_behind.extend(keys),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        state.scratch = scratch;
         for key in fell_behind {
             mark_unsynced(&mut state, key, revision);
         }
@@ -348,6 +362,47 @@ impl WatchHub {
 
     fn compacted(&self) -> i64 {
         self.compacted.load(Ordering::Acquire)
+    }
+}
+
+/// Each synced watcher's share of a just-committed revision, by stream, into
+/// `scratch.by_stream`.
+fn match_synced(
+    state: &mut HubState,
+    revision: i64,
+    events: &[Event],
+    scratch: &mut PublishScratch,
+) {
+    let HubState {
+        index, watchers, ..
+    } = state;
+    let matched = &mut scratch.by_watcher;
+    for event in events {
+        let Some(kv) = &event.kv else { continue };
+        let mut shapes = EventShapes::of(event);
+        index.for_each_match(&kv.key, |key| {
+            if let Some(w) = watchers.get(&key) {
+                if w.synced && w.next_rev <= revision && w.wants(event) {
+                    matched
+                        .entry(key)
+                        .or_insert_with(|| (w.spec.fragment, Vec::new()))
+                        .1
+                        .push(shapes.for_watcher(w));
+                }
+            }
+        });
+    }
+    for (key, (fragment, events)) in matched.drain() {
+        scratch
+            .by_stream
+            .entry(key.stream)
+            .or_default()
+            .push(WatchMessage::Events {
+                watch_id: key.watch,
+                revision,
+                events,
+                fragment,
+            });
     }
 }
 
@@ -408,7 +463,7 @@ fn answer_progress_if_synced(state: &mut HubState, stream_id: StreamId) {
         watch_id: STREAM_PROGRESS_ID,
         revision: current,
     };
-    if stream.tx.try_send(answer).is_ok() {
+    if stream.tx.try_send(Queued::One(answer)).is_ok() {
         stream.progress_wanted = false;
     }
 }
@@ -417,7 +472,7 @@ fn answer_progress_if_synced(state: &mut HubState, stream_id: StreamId) {
 pub struct WatchStream {
     hub: Arc<WatchHub>,
     id: StreamId,
-    tx: mpsc::Sender<WatchMessage>,
+    tx: mpsc::Sender<Queued>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -450,18 +505,18 @@ impl WatchStream {
             None
         };
         if let Some(reason) = refusal {
-            permit.send(WatchMessage::Refused {
+            permit.send(Queued::One(WatchMessage::Refused {
                 watch_id: STREAM_PROGRESS_ID,
                 revision: current,
                 reason: reason.into(),
-            });
+            }));
             return Ok(());
         }
         stream.watches.insert(watch_id);
-        permit.send(WatchMessage::Created {
+        permit.send(Queued::One(WatchMessage::Created {
             watch_id,
             revision: current,
-        });
+        }));
         let key = WatcherKey {
             stream: self.id,
             watch: watch_id,
@@ -494,11 +549,11 @@ impl WatchStream {
     pub async fn refuse(&self, reason: String) -> Result<(), StreamClosed> {
         let permit = self.tx.reserve().await.map_err(|_| StreamClosed)?;
         let current = self.hub.lock().current;
-        permit.send(WatchMessage::Refused {
+        permit.send(Queued::One(WatchMessage::Refused {
             watch_id: STREAM_PROGRESS_ID,
             revision: current,
             reason,
-        });
+        }));
         Ok(())
     }
 
@@ -512,10 +567,10 @@ impl WatchStream {
             watch: watch_id,
         };
         if remove_watcher(&mut state, key) {
-            permit.send(WatchMessage::Canceled {
+            permit.send(Queued::One(WatchMessage::Canceled {
                 watch_id,
                 revision: current,
-            });
+            }));
             answer_progress_if_synced(&mut state, self.id);
         }
         Ok(())
@@ -530,10 +585,10 @@ impl WatchStream {
             return Err(StreamClosed);
         };
         if stream.unsynced == 0 {
-            permit.send(WatchMessage::Progress {
+            permit.send(Queued::One(WatchMessage::Progress {
                 watch_id: STREAM_PROGRESS_ID,
                 revision: current,
-            });
+            }));
         } else {
             stream.progress_wanted = true;
         }
@@ -601,10 +656,10 @@ fn notify_progress(hub: &WatchHub) {
         }
         if !std::mem::replace(&mut w.sent_since_tick, false) {
             if let Some(stream) = streams.get(&key.stream) {
-                let _ = stream.tx.try_send(WatchMessage::Progress {
+                let _ = stream.tx.try_send(Queued::One(WatchMessage::Progress {
                     watch_id: key.watch,
                     revision: current,
-                });
+                }));
             }
         }
     }
@@ -685,7 +740,7 @@ fn cancel_compacted(state: &mut HubState, key: WatcherKey, compact_revision: i64
         revision: current,
         compact_revision,
     };
-    if stream.tx.try_send(message).is_ok() {
+    if stream.tx.try_send(Queued::One(message)).is_ok() {
         remove_watcher(state, key);
     }
 }
@@ -733,7 +788,7 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
             .is_some_and(|p| p.bytes + size > CATCH_UP_MESSAGE_BYTES)
         {
             let full = pending.take().map(|p| p.into_message(watch_id, fragment));
-            match full.map(|(last, m)| (last, tx.try_send(m))) {
+            match full.map(|(last, m)| (last, tx.try_send(Queued::One(m)))) {
                 Some((last, Ok(()))) => {
                     handled_through = last;
                     sent = true;
@@ -752,7 +807,7 @@ fn deliver_history(state: &mut HubState, behind: &Behind, history: &history::His
             None => handled_through = handled_through.max(history.read_through),
             Some(batch) => {
                 let (_, message) = batch.into_message(watch_id, fragment);
-                if tx.try_send(message).is_ok() {
+                if tx.try_send(Queued::One(message)).is_ok() {
                     handled_through = handled_through.max(history.read_through);
                     sent = true;
                 }
