@@ -12,8 +12,9 @@
 //! (created, canceled, compacted, progress) is a barrier nothing is moved across, so a
 //! progress answer never precedes events older than its revision.
 
-use super::{SharedEvent, WatchMessage, WatchReceiver};
 use foldhash::HashMap;
+
+use super::{SharedEvent, WatchMessage, WatchReceiver};
 
 /// Messages taken from a stream's queue at once (its capacity).
 const TAKE_AT_MOST: usize = super::STREAM_BUFFER;
