@@ -583,11 +583,16 @@ fn serve_listener(
 
 /// How often a member waiting for its cluster says so.
 const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
+/// The pauses between attempts to publish this member: short at first, since the usual
+/// refusal (a leader that has not committed its first entry) clears within milliseconds.
+const PUBLISH_RETRY_FIRST: Duration = Duration::from_millis(10);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Waits for a leader, then records this member's name and client URLs in the cluster (etcd's
 /// publish); a member serves clients only after that, as etcd's do.
 async fn publish(member: &Arc<Member>, config: &Config) {
     let mut last_log = Instant::now();
+    let mut retry_after = PUBLISH_RETRY_FIRST;
     loop {
         if member.raft().wait_for_leader(Duration::from_secs(1)).await {
             match member
@@ -600,6 +605,10 @@ async fn publish(member: &Arc<Member>, config: &Config) {
                         tracing::warn!(error = %e, "failed to publish local member to cluster through raft");
                         last_log = Instant::now();
                     }
+                    // A refusal can come back at once (a new leader whose first entry is not
+                    // committed yet refuses membership changes): without a pause this loop spun.
+                    tokio::time::sleep(retry_after).await;
+                    retry_after = (retry_after * 2).min(PUBLISH_RETRY_MAX);
                 }
             }
         } else if last_log.elapsed() >= WAITING_LOG_EVERY {
