@@ -81,11 +81,11 @@ async fn write_until_failure(
 
 /// Runs the writers, SIGKILLs the member in the middle of their writes, and returns every
 /// acknowledged write.
-async fn write_then_kill(server: &mut Server) -> Vec<Ack> {
+async fn write_then_kill(server: &mut Server, writer_count: usize) -> Vec<Ack> {
     let acked = Arc::new(AtomicUsize::new(0));
     let options = default_connect_options().with_timeout(WRITER_REQUEST_TIMEOUT);
     let mut writers = Vec::new();
-    for writer in 0..WRITERS {
+    for writer in 0..writer_count {
         let client = server.client_with(options.clone()).await;
         writers.push(tokio::spawn(write_until_failure(
             client,
@@ -207,9 +207,9 @@ async fn assert_latest_values(client: &mut Client, acks: &[Ack]) -> i64 {
 }
 
 /// Writes, SIGKILL, restart, and every check above; returns the restarted member.
-async fn crash_and_verify(options: ServerOptions) -> Server {
+async fn crash_and_verify(options: ServerOptions, writer_count: usize) -> Server {
     let mut server = Server::start(options).await;
-    let acks = write_then_kill(&mut server).await;
+    let acks = write_then_kill(&mut server, writer_count).await;
     assert_revisions_unique(&acks);
     let max_acked = acks.iter().map(|ack| ack.revision).max().unwrap_or(1);
 
@@ -249,7 +249,14 @@ async fn crash_and_verify(options: ServerOptions) -> Server {
 
 #[tokio::test]
 async fn acknowledged_writes_survive_sigkill_and_revisions_continue() {
-    crash_and_verify(ServerOptions::from_env()).await;
+    crash_and_verify(ServerOptions::from_env(), WRITERS).await;
+}
+
+/// A lone writer's put is made durable on the appending thread instead of the syncer's
+/// (storage/syncer.rs): its acknowledgements must be as durable.
+#[tokio::test]
+async fn a_lone_writers_acknowledged_writes_survive_sigkill() {
+    crash_and_verify(ServerOptions::from_env(), 1).await;
 }
 
 /// Files directly in `dir` whose name ends with `suffix`.
@@ -267,7 +274,7 @@ async fn with_a_wal_dir_acknowledged_writes_survive_sigkill_and_it_is_required_a
     let wal_root = tempfile::tempdir().expect("temporary directory for the WAL");
     let wal_dir = wal_root.path().join("wal");
     let options = ServerOptions::from_env().args(["--wal-dir".to_string(), path_arg(&wal_dir)]);
-    let mut server = crash_and_verify(options).await;
+    let mut server = crash_and_verify(options, WRITERS).await;
     if server.kind() != ServerKind::Keelson {
         return;
     }

@@ -7,6 +7,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::entry::RaftEntry;
@@ -27,15 +28,44 @@ const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
 
+/// Client proposals a one-member cluster has handed to raft and not had answered yet.
+#[derive(Clone, Default)]
+pub struct ProposalsInFlight(Arc<AtomicUsize>);
+
+impl ProposalsInFlight {
+    /// Counts a proposal until the returned guard is dropped.
+    pub fn enter(&self) -> ProposalGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ProposalGuard(self.0.clone())
+    }
+
+    fn is_lone(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 1
+    }
+}
+
+pub struct ProposalGuard(Arc<AtomicUsize>);
+
+impl Drop for ProposalGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     storage: Arc<Storage>,
     syncer: WalSyncer,
+    proposals: ProposalsInFlight,
 }
 
 impl LogStore {
-    pub fn new(storage: Arc<Storage>, syncer: WalSyncer) -> Self {
-        Self { storage, syncer }
+    pub fn new(storage: Arc<Storage>, syncer: WalSyncer, proposals: ProposalsInFlight) -> Self {
+        Self {
+            storage,
+            syncer,
+            proposals,
+        }
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -237,6 +267,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // than the write itself (profiles of one client writing). The fsync, the slow part,
         // happens on the syncer thread, shared by every append that arrives meanwhile.
         self.storage.write(batch)?;
+        // One client proposal in flight (a lone writer): nothing can join this fsync, so it
+        // runs here rather than on the syncer thread, sparing a lone put two thread wake-ups.
+        // With more in flight (or none: a follower's append, a leader's blank entry) the core
+        // must not block on it, so that appends overlap with the sync in progress (step 13 of
+        // bench/results/perf-push-2.md measured that loss).
+        if self.proposals.is_lone() {
+            if let Some(outcome) = self.syncer.sync_here_if_idle() {
+                callback.io_completed(outcome);
+                return Ok(());
+            }
+        }
         self.syncer
             .after_sync(move |outcome| callback.io_completed(outcome));
         Ok(())

@@ -41,7 +41,7 @@ use crate::proto::raftpb::{RaftRequest, RaftResponse};
 use crate::storage::{Storage, StorageError, WalSyncer};
 use cluster_state::ClusterState;
 use forward::Forwarder;
-use log_store::LogStore;
+use log_store::{LogStore, ProposalsInFlight};
 use peer::client::{PeerCallError, PeerNetwork, PeerPool, CLUSTER_MISMATCH_MESSAGE};
 use peer::faults::PeerFaults;
 use peer::snapshot_transfer::Incoming;
@@ -196,6 +196,9 @@ pub struct RaftNode {
     leases: OnceLock<Weak<dyn LeaderLeases>>,
     /// Membership changes run one at a time on the leader.
     membership_changes: tokio::sync::Mutex<()>,
+    /// Client proposals in flight in a one-member cluster; the log store syncs a lone one on
+    /// its own thread.
+    proposals: ProposalsInFlight,
 }
 
 impl RaftNode {
@@ -212,7 +215,8 @@ impl RaftNode {
         ));
         let peers = Arc::new(peer_pool(&settings, &cluster, faults));
         let syncer = WalSyncer::start(storage.clone())?;
-        let log_store = LogStore::new(storage, syncer);
+        let proposals = ProposalsInFlight::default();
+        let log_store = LogStore::new(storage, syncer, proposals.clone());
         let state_machine = StateMachine::open(
             applier,
             SnapshotStore::new(settings.snapshot_dir.clone())?,
@@ -249,6 +253,7 @@ impl RaftNode {
             cluster,
             leases: OnceLock::new(),
             membership_changes: tokio::sync::Mutex::new(()),
+            proposals,
         });
         node.campaign_if_alone().await;
         Ok(node)
@@ -476,6 +481,9 @@ impl RaftNode {
         request: &RaftRequest,
         deadline: Instant,
     ) -> Result<RaftResponse, ProposeOutcome> {
+        // Counted only in a one-member cluster: there a lone proposal's fsync can run on the
+        // appending thread, while a leader with peers must not delay replication behind it.
+        let _counted = self.is_only_member().then(|| self.proposals.enter());
         let write = self.raft.client_write(Proposal::encode(request));
         match tokio::time::timeout(Self::remaining(deadline), write).await {
             Err(_) => Err(ProposeOutcome::Failed(EtcdError::Timeout)),
@@ -485,6 +493,12 @@ impl RaftNode {
             Ok(Err(e)) => Err(ProposeOutcome::Failed(write_error(e))),
             Ok(Ok(response)) => Ok(response.data.0),
         }
+    }
+
+    fn is_only_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().nodes().count() == 1
     }
 
     /// The leader's side of a forwarded proposal: the result and the index it was applied at.

@@ -46,7 +46,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for FreshStores {
         state_machine
             .checkpoint_on_demand()
             .store(true, std::sync::atomic::Ordering::Release);
-        Ok((dir, LogStore::new(storage, syncer), state_machine))
+        Ok((
+            dir,
+            LogStore::new(storage, syncer, Default::default()),
+            state_machine,
+        ))
     }
 }
 
