@@ -9,6 +9,7 @@ mod opts;
 mod report;
 mod scale;
 mod server;
+mod stall_evidence;
 mod suite;
 mod workload;
 

@@ -15,6 +15,7 @@ use crate::machine::{self, generator_cpu_seconds, process_cpu_seconds, CpuMeter,
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
 use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
+use crate::stall_evidence;
 use crate::workload;
 
 #[derive(Args, Clone, Debug)]
@@ -951,6 +952,15 @@ async fn run_server(
             round + 1,
             report.human().trim_end().replace('\n', "\n    ")
         );
+        let results_dir = args
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."));
+        if let Some(path) =
+            stall_evidence::keep(&results_dir, &label, scenario.name, &report, &server)
+        {
+            eprintln!("suite: the stall's evidence is in {}", path.display());
+        }
         run.scenarios.push((scenario.name.to_string(), report));
         if !server.is_running() {
             run.failure = Some(format!(

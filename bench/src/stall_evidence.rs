@@ -1,0 +1,125 @@
+//! Keeps what the server wrote around a long write stall, before its files are removed.
+//!
+//! A stall of hundreds of milliseconds shows up once in many runs (bench/results/perf-push-2.md)
+//! and the server's directory is deleted after its run, so without this the only trace left is
+//! the number. For a stall above [`KEEP_ABOVE_MS`] this writes, under `<results>/stalls/`, the
+//! server's log and the lines of RocksDB's `LOG` files from a second before the stall to a
+//! second after it (flushes, compactions, "Stalling writes" / "Stopping writes").
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::report::Report;
+use crate::server::ServerProc;
+
+/// Stalls longer than this keep their evidence.
+pub const KEEP_ABOVE_MS: f64 = 100.0;
+/// Lines of the server's own log kept.
+const SERVER_LOG_LINES: usize = 300;
+
+/// Writes the evidence of `report`'s stall if it is long enough; returns the file written.
+pub fn keep(
+    results_dir: &Path,
+    run_label: &str,
+    scenario: &str,
+    report: &Report,
+    server: &ServerProc,
+) -> Option<PathBuf> {
+    let stall_ms = report.max_stall_ms.filter(|ms| *ms > KEEP_ABOVE_MS)?;
+    let data_dir = server.data_dir();
+    let from = report.max_stall_from.as_deref().unwrap_or("unknown");
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{run_label} {scenario}: stall of {stall_ms:.1} ms from {from} (generator pause {:.1} ms)\n",
+        report.max_pause_ms.unwrap_or(0.0)
+    );
+    if let Some(window) = second_of_day(from).map(|s| (s - 1, s + 2 + (stall_ms / 1000.0) as i64)) {
+        let _ = writeln!(text, "## RocksDB LOG lines in that window\n");
+        for log in rocksdb_logs(&data_dir) {
+            let content = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = writeln!(text, "### {}", log.display());
+            for line in content.lines().filter(|l| in_window(l, window)) {
+                let _ = writeln!(text, "{line}");
+            }
+        }
+    }
+    let _ = writeln!(
+        text,
+        "\n## The server's log (last {SERVER_LOG_LINES} lines)\n\n{}",
+        server.log_tail(SERVER_LOG_LINES)
+    );
+    let dir = results_dir.join("stalls");
+    let path = dir.join(format!("{run_label}-{scenario}.txt"));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+    match written {
+        Ok(()) => Some(path),
+        Err(e) => {
+            eprintln!("suite: warning: could not keep the stall's evidence: {e}");
+            None
+        }
+    }
+}
+
+/// Every file named `LOG` under `dir` (RocksDB's info log).
+fn rocksdb_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&next) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().is_some_and(|n| n == "LOG") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Seconds since midnight of an RFC 3339 time such as `2026-12-01T12:32:05.512Z`.
+fn second_of_day(utc: &str) -> Option<i64> {
+    clock_seconds(utc.split_once('T')?.1)
+}
+
+/// Seconds since midnight of `HH:MM:SS...`.
+fn clock_seconds(clock: &str) -> Option<i64> {
+    let mut parts = clock.get(..8)?.split(':');
+    let mut seconds = 0;
+    for _ in 0..3 {
+        seconds = seconds * 60 + parts.next()?.parse::<i64>().ok()?;
+    }
+    Some(seconds)
+}
+
+/// Whether a RocksDB LOG line (`2026/12/01-12:32:05.512345 ...`, the machine's local time,
+/// UTC on the bench machines) falls in `[from, to]`, in seconds of the day.
+fn in_window(line: &str, (from, to): (i64, i64)) -> bool {
+    line.get(11..)
+        .and_then(clock_seconds)
+        .is_some_and(|s| (from..=to).contains(&s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rocksdb_lines_are_kept_only_around_the_stall() {
+        let from = second_of_day("2026-12-01T12:32:05.512Z").expect("parses");
+        assert_eq!(from, 12 * 3600 + 32 * 60 + 5);
+        let window = (from - 1, from + 2);
+        assert!(in_window(
+            "2026/12/01-12:32:05.600000 7f [db] Stopping writes",
+            window
+        ));
+        assert!(in_window("2026/12/01-12:32:04.000001 7f flush", window));
+        assert!(!in_window("2026/12/01-12:32:09.000001 7f later", window));
+        assert!(!in_window("2026/12/01-12:31:59.999999 7f earlier", window));
+        assert!(!in_window("short", window));
+    }
+}
