@@ -13,7 +13,7 @@ use crate::report::Report;
 use crate::server::ServerProc;
 
 /// Stalls longer than this keep their evidence.
-pub const KEEP_ABOVE_MS: f64 = 100.0;
+const KEEP_ABOVE_MS: f64 = 100.0;
 /// Lines of the server's own log kept.
 const SERVER_LOG_LINES: usize = 300;
 

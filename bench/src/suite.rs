@@ -126,6 +126,13 @@ pub enum LoadGenerator {
 }
 
 impl SuiteArgs {
+    /// Where results go: `--results-dir`, else the current directory.
+    fn results_dir(&self) -> PathBuf {
+        self.results_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
     /// The Go load generator's binary when it drives the load.
     pub fn go_load(&self) -> Option<&Path> {
         (self.load_generator == LoadGenerator::Go).then_some(self.go_load_bin.as_path())
@@ -784,10 +791,7 @@ pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
         .prefix("keelson-bench-")
         .tempdir_in(&parent)
         .map_err(|e| format!("temporary directory in {}: {e}", parent.display()))?;
-    let repo = args
-        .results_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("."));
+    let repo = args.results_dir();
     let machine = machine::describe(
         work.path(),
         &args.bins.keelson_bin(),
@@ -952,12 +956,8 @@ async fn run_server(
             round + 1,
             report.human().trim_end().replace('\n', "\n    ")
         );
-        let results_dir = args
-            .results_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("."));
         if let Some(path) =
-            stall_evidence::keep(&results_dir, &label, scenario.name, &report, &server)
+            stall_evidence::keep(&args.results_dir(), &label, scenario.name, &report, &server)
         {
             eprintln!("suite: the stall's evidence is in {}", path.display());
         }
