@@ -379,7 +379,15 @@ pub async fn run(config: RunConfig) -> RunReport {
         Some(r) => r,
         None => {
             // Without a final revision nothing else can be checked.
-            return finish(report, started, &ops, &[], config.artifacts.as_deref());
+            let logs = member_dirs(&cluster);
+            return finish(
+                report,
+                started,
+                &ops,
+                &[],
+                &logs,
+                config.artifacts.as_deref(),
+            );
         }
     };
     report.final_revision = final_revision;
@@ -528,8 +536,34 @@ pub async fn run(config: RunConfig) -> RunReport {
         started,
         &ops,
         &sessions,
+        &member_dirs(&cluster),
         config.artifacts.as_deref(),
     )
+}
+
+fn member_dirs(cluster: &Cluster) -> Vec<PathBuf> {
+    cluster
+        .members
+        .iter()
+        .map(|m| m.dir().to_path_buf())
+        .collect()
+}
+
+/// Copies every launch's log of every member (`server-<n>.log` in its directory) into `dir`,
+/// as `member-<i>-server-<n>.log`: what the members said is the first thing to read about an
+/// anomaly, and their directories go when the run ends.
+fn keep_member_logs(member_dirs: &[PathBuf], dir: &std::path::Path) {
+    for (i, member_dir) in member_dirs.iter().enumerate() {
+        let Ok(entries) = std::fs::read_dir(member_dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("server-") && name.ends_with(".log") {
+                let _ = std::fs::copy(entry.path(), dir.join(format!("member-{i}-{name}")));
+            }
+        }
+    }
 }
 
 fn finish(
@@ -537,6 +571,7 @@ fn finish(
     started: Instant,
     ops: &[Operation],
     sessions: &[Session],
+    member_dirs: &[PathBuf],
     artifacts: Option<&std::path::Path>,
 ) -> RunReport {
     report.duration_s = started.elapsed().as_secs_f64();
@@ -555,6 +590,7 @@ fn finish(
                 if let Ok(json) = serde_json::to_string_pretty(&report) {
                     let _ = std::fs::write(dir.join("report.json"), json);
                 }
+                keep_member_logs(member_dirs, &dir);
             }
         }
     }
