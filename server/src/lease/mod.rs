@@ -47,7 +47,9 @@ struct State {
     primary: bool,
     /// Expired leases whose revoke has been proposed.
     revoking: HashSet<i64>,
-    /// Leases with a checkpoint proposed but not applied yet: a renewal must clear it.
+    /// Leases with a checkpoint proposed that may still apply: a renewal must clear it. Kept
+    /// across a demotion and after a failed proposal (its entry may still be in the log); an
+    /// applied clear or revoke ends it, since whatever was measured before is stale from then.
     checkpointing: HashSet<i64>,
 }
 
@@ -231,6 +233,7 @@ impl Lessor {
         let mut state = self.lock();
         state.leases.remove(&req.id);
         state.revoking.remove(&req.id);
+        state.checkpointing.remove(&req.id);
         Ok(LeaseRevokeResponse {
             header: header(txn.revision()),
         })
@@ -238,13 +241,19 @@ impl Lessor {
 
     pub fn apply_checkpoints(&self, batch: &mut WriteBatch, checkpoints: &LeaseCheckpointBatch) {
         let mut state = self.lock();
+        let State {
+            leases,
+            checkpointing,
+            ..
+        } = &mut *state;
         for cp in &checkpoints.checkpoints {
-            if let Some(lease) = state.leases.get_mut(&cp.id) {
+            if let Some(lease) = leases.get_mut(&cp.id) {
                 if cp.remaining_ttl <= 0 {
                     // A clear (the lease was renewed): checkpoints measured before it, still
                     // on their way through the log, are stale from now on.
                     lease.generation += 1;
                     lease.checkpoint = 0;
+                    checkpointing.remove(&cp.id);
                 } else if cp.generation < lease.generation {
                     // Measured before a renewal whose clear was applied first: recording it
                     // would shorten the renewed lease after a restart.
@@ -298,7 +307,6 @@ impl Lessor {
         state.primary = false;
         state.queue.clear();
         state.revoking.clear();
-        state.checkpointing.clear();
         for lease in state.leases.values_mut() {
             lease.expiry = None;
         }
@@ -369,7 +377,7 @@ impl Lessor {
 
     /// Remaining TTLs worth recording: leases that aged at least `min_age` since their last
     /// renewal or checkpoint. Rounded up, so a restart never shortens a lease. The leases are
-    /// marked as being checkpointed until the checkpoint is applied or abandoned.
+    /// marked as being checkpointed until a clear or a revoke of them is applied.
     pub fn due_checkpoints(&self, min_age: Duration) -> Vec<LeaseCheckpoint> {
         let mut state = self.lock();
         if !state.primary {
@@ -397,14 +405,6 @@ impl Lessor {
             .collect();
         state.checkpointing.extend(due.iter().map(|c| c.id));
         due
-    }
-
-    /// A checkpoint proposal that failed: its leases are no longer being checkpointed.
-    pub fn checkpoints_abandoned(&self, checkpoints: &[LeaseCheckpoint]) {
-        let mut state = self.lock();
-        for cp in checkpoints {
-            state.checkpointing.remove(&cp.id);
-        }
     }
 
     /// (remaining seconds, granted TTL) of a lease, as the leader sees it.
@@ -491,6 +491,60 @@ mod tests {
             Some((12, 20)),
             "current checkpoint ignored"
         );
+    }
+
+    fn lessor_with_lease_7() -> (tempfile::TempDir, Lessor) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let storage = Storage::open(dir.path()).expect("open storage");
+        let lessor = Lessor::load(storage, 1).expect("load the lessor");
+        lessor.lock().leases.insert(
+            7,
+            Lease {
+                ttl: 20,
+                checkpoint: 0,
+                generation: 0,
+                expiry: None,
+            },
+        );
+        (dir, lessor)
+    }
+
+    fn clears(renewal: Renewal) -> bool {
+        match renewal {
+            Renewal::Renewed {
+                clear_checkpoint, ..
+            } => clear_checkpoint,
+            other => panic!("lease 7 not renewed: {other:?}"),
+        }
+    }
+
+    /// A checkpoint proposed before a demotion may still be applied after the member leads
+    /// again; a renewal in between must clear it, or the renewal is lost on a restart.
+    #[test]
+    fn a_renewal_after_leadership_came_back_clears_a_checkpoint_still_in_flight() {
+        let (_dir, lessor) = lessor_with_lease_7();
+        lessor.promote();
+        let due = lessor.due_checkpoints(Duration::ZERO);
+        assert_eq!(due.len(), 1, "lease 7 is due: {due:?}");
+        lessor.demote();
+        lessor.promote();
+        assert!(
+            clears(lessor.renew(7)),
+            "the in-flight checkpoint was forgotten"
+        );
+    }
+
+    /// Once a clear is applied, checkpoints measured before it are stale anyway: renewals
+    /// stop paying for a clear of their own.
+    #[test]
+    fn an_applied_clear_ends_the_need_to_clear() {
+        let (_dir, lessor) = lessor_with_lease_7();
+        lessor.promote();
+        assert_eq!(lessor.due_checkpoints(Duration::ZERO).len(), 1);
+        assert!(clears(lessor.renew(7)));
+        let mut batch = WriteBatch::default();
+        lessor.apply_checkpoints(&mut batch, &checkpoint(0, 0));
+        assert!(!clears(lessor.renew(7)), "a clear after an applied clear");
     }
 
     #[test]

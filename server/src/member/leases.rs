@@ -195,6 +195,15 @@ impl Member {
             .map(|_| ())
     }
 
+    /// Deadlines start from the recorded TTLs, so the entries committed before this term must
+    /// be applied first: after a restart, a renewal's clear may still be in the log behind the
+    /// checkpoint it clears. Left for the next poll when leadership went meanwhile.
+    async fn promote_lessor_when_caught_up(&self) {
+        if self.raft.leader_caught_up().await.is_ok() && self.raft_status().is_leader {
+            self.lessor.promote();
+        }
+    }
+
     /// Starts the leader's lease work; it follows leadership as it comes and goes.
     pub fn start_lease_tasks(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
@@ -205,7 +214,7 @@ impl Member {
                 let Some(member) = weak.upgrade() else { return };
                 let leading = member.raft_status().is_leader;
                 match (leading, member.lessor.is_primary()) {
-                    (true, false) => member.lessor.promote(),
+                    (true, false) => member.promote_lessor_when_caught_up().await,
                     (false, true) => member.lessor.demote(),
                     _ => {}
                 }
@@ -253,8 +262,8 @@ impl Member {
                 let due = member.lessor.due_checkpoints(CHECKPOINT_EVERY);
                 for chunk in due.chunks(CHECKPOINTS_PER_ENTRY) {
                     if let Err(e) = member.checkpoint(chunk.to_vec()).await {
+                        // Its leases stay marked: a failed proposal may still be applied.
                         tracing::warn!(error = %e, "checkpointing lease TTLs failed");
-                        member.lessor.checkpoints_abandoned(chunk);
                     }
                 }
             }

@@ -603,6 +603,17 @@ impl RaftNode {
         }
     }
 
+    /// As the leader: waits until this member applied every entry committed so far, those of
+    /// earlier terms included (a new leader's first entry commits them). Fails with `NotLeader`
+    /// on any other member.
+    pub async fn leader_caught_up(&self) -> EtcdResult<()> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let index = tokio::time::timeout(self.settings.request_timeout, self.read_index_here())
+            .await
+            .map_err(|_| EtcdError::Timeout)??;
+        self.wait_applied(index, deadline).await
+    }
+
     /// The leader's read point: confirmed by a quorum before it is returned.
     async fn read_index_here(&self) -> EtcdResult<u64> {
         match self
