@@ -872,6 +872,11 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, RaftStartError> {
         replication_lag_threshold: LOG_ENTRIES_KEPT_AFTER_SNAPSHOT
             .max(settings.snapshot_count.max(1)),
         enable_pre_vote: Some(true),
+        // A leader restarting on its own term would serve reads and promote its lessor from a
+        // commit index it never made durable (the state machine and `save_committed` are not
+        // fsynced): its ReadIndex could name a point before writes it had acknowledged. As
+        // etcd's members, a restarted leader comes back a follower and is elected again.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()
