@@ -7,8 +7,8 @@
 //! (`PR_SET_PDEATHSIG`).
 
 use std::fs::File;
-use std::io::Read;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -218,6 +218,25 @@ impl ServerProc {
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The Prometheus text of `/metrics` on the client port (etcd and keelson both serve it),
+    /// or `None` if it cannot be read within a second or two.
+    pub fn metrics_text(&self) -> Option<String> {
+        let timeout = Duration::from_secs(2);
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let mut stream = TcpStream::connect_timeout(&address, timeout).ok()?;
+        stream.set_read_timeout(Some(timeout)).ok()?;
+        stream.set_write_timeout(Some(timeout)).ok()?;
+        // HTTP/1.0: the server closes the connection after the body, so reading to the end
+        // needs no parsing of lengths or chunks.
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
     }
 
     pub fn data_dir(&self) -> PathBuf {

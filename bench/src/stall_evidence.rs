@@ -3,8 +3,10 @@
 //! A stall of hundreds of milliseconds shows up once in many runs (bench/results/perf-push-2.md)
 //! and the server's directory is deleted after its run, so without this the only trace left is
 //! the number. For a stall above [`KEEP_ABOVE_MS`] this writes, under `<results>/stalls/`, the
-//! server's log and the lines of RocksDB's `LOG` files from a second before the stall to a
-//! second after it (flushes, compactions, "Stalling writes" / "Stopping writes").
+//! server's log, the lines of RocksDB's `LOG` files from a second before the stall to a
+//! second after it (flushes, compactions, "Stalling writes" / "Stopping writes"), and how the
+//! server's disk latency histograms grew during the scenario (a slow fsync or backend commit
+//! of the stall's length names the disk).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,11 @@ use crate::server::ServerProc;
 const KEEP_ABOVE_MS: f64 = 100.0;
 /// Lines of the server's own log kept.
 const SERVER_LOG_LINES: usize = 300;
+/// Histograms whose growth during the scenario is kept (etcd's names; both servers have them).
+const DISK_HISTOGRAMS: [&str; 2] = [
+    "etcd_disk_wal_fsync_duration_seconds",
+    "etcd_disk_backend_commit_duration_seconds",
+];
 
 /// Writes the evidence of `report`'s stall if it is long enough; returns the file written.
 pub fn keep(
@@ -24,6 +31,7 @@ pub fn keep(
     scenario: &str,
     report: &Report,
     server: &ServerProc,
+    metrics_before: Option<&str>,
 ) -> Option<PathBuf> {
     let stall_ms = report.max_stall_ms.filter(|ms| *ms > KEEP_ABOVE_MS)?;
     let data_dir = server.data_dir();
@@ -46,6 +54,20 @@ pub fn keep(
     }
     let _ = writeln!(
         text,
+        "## Disk latency histograms: observations during the scenario, by bucket\n"
+    );
+    match (metrics_before, server.metrics_text()) {
+        (Some(before), Some(after)) => {
+            for name in DISK_HISTOGRAMS {
+                let _ = writeln!(text, "{name}: {}", bucket_growth(name, before, &after));
+            }
+        }
+        _ => {
+            let _ = writeln!(text, "(the server's /metrics could not be read)");
+        }
+    }
+    let _ = writeln!(
+        text,
         "\n## The server's log (last {SERVER_LOG_LINES} lines)\n\n{}",
         server.log_tail(SERVER_LOG_LINES)
     );
@@ -59,6 +81,42 @@ pub fn keep(
             None
         }
     }
+}
+
+/// How many observations of histogram `name` fell in each bucket between two scrapes, as
+/// `<=0.001s: 3, <=0.002s: 40, ..., >8s: 0` (per-bucket, not Prometheus' cumulative counts).
+fn bucket_growth(name: &str, before: &str, after: &str) -> String {
+    let (old, new) = (buckets(name, before), buckets(name, after));
+    if new.is_empty() {
+        return "not exported".into();
+    }
+    let mut parts = Vec::new();
+    let mut below = 0.0;
+    for (le, count) in &new {
+        let earlier = old.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c)| *c);
+        let cumulative = count - earlier;
+        let label = if le == "+Inf" {
+            "rest".to_string()
+        } else {
+            format!("<={le}s")
+        };
+        parts.push(format!("{label}: {}", cumulative - below));
+        below = cumulative;
+    }
+    parts.join(", ")
+}
+
+/// `(le, cumulative count)` of every bucket of histogram `name` in a Prometheus text, in order.
+fn buckets(name: &str, text: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter_map(|line| {
+            let labels = line.strip_prefix(&prefix)?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let count = line.rsplit(' ').next()?.parse::<f64>().ok()?;
+            Some((le.to_string(), count))
+        })
+        .collect()
 }
 
 /// Every file named `LOG` under `dir` (RocksDB's info log).
@@ -107,6 +165,26 @@ fn in_window(line: &str, (from, to): (i64, i64)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_growth_is_per_bucket_between_scrapes() {
+        let before = "# HELP x\n\
+            etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 10\n\
+            etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.128\"} 12\n\
+            etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 12\n\
+            etcd_disk_wal_fsync_duration_seconds_sum 0.5\n";
+        let after = "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 15\n\
+            etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.128\"} 20\n\
+            etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 21\n";
+        assert_eq!(
+            bucket_growth("etcd_disk_wal_fsync_duration_seconds", before, after),
+            "<=0.001s: 5, <=0.128s: 3, rest: 1"
+        );
+        assert_eq!(
+            bucket_growth("etcd_disk_backend_commit_duration_seconds", before, after),
+            "not exported"
+        );
+    }
 
     #[test]
     fn rocksdb_lines_are_kept_only_around_the_stall() {

@@ -941,6 +941,7 @@ async fn run_server(
             (true, Some(server_pid)) => Some(CpuSplit::start(server_pid)),
             _ => None,
         };
+        let metrics_before = server.metrics_text();
         let generator_before = generator_cpu_seconds();
         let before = cpu_of();
         let mut report = scenario
@@ -956,9 +957,14 @@ async fn run_server(
             round + 1,
             report.human().trim_end().replace('\n', "\n    ")
         );
-        if let Some(path) =
-            stall_evidence::keep(&args.results_dir(), &label, scenario.name, &report, &server)
-        {
+        if let Some(path) = stall_evidence::keep(
+            &args.results_dir(),
+            &label,
+            scenario.name,
+            &report,
+            &server,
+            metrics_before.as_deref(),
+        ) {
             eprintln!("suite: the stall's evidence is in {}", path.display());
         }
         run.scenarios.push((scenario.name.to_string(), report));
