@@ -461,38 +461,6 @@ mod tests {
         }
     }
 
-    /// A checkpoint measured before a renewal may reach the log after the renewal's clear;
-    /// applied, it would make a restart expire the renewed lease early.
-    #[test]
-    fn a_checkpoint_measured_before_an_applied_clear_is_ignored() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let storage = Storage::open(dir.path()).expect("open storage");
-        let lessor = Lessor::load(storage, 1).expect("load the lessor");
-        lessor.lock().leases.insert(
-            7,
-            Lease {
-                ttl: 20,
-                checkpoint: 0,
-                generation: 0,
-                expiry: None,
-            },
-        );
-        let mut batch = WriteBatch::default();
-        lessor.apply_checkpoints(&mut batch, &checkpoint(0, 0));
-        lessor.apply_checkpoints(&mut batch, &checkpoint(10, 0));
-        assert_eq!(
-            lessor.time_to_live(7),
-            Some((20, 20)),
-            "stale checkpoint applied"
-        );
-        lessor.apply_checkpoints(&mut batch, &checkpoint(12, 1));
-        assert_eq!(
-            lessor.time_to_live(7),
-            Some((12, 20)),
-            "current checkpoint ignored"
-        );
-    }
-
     fn lessor_with_lease_7() -> (tempfile::TempDir, Lessor) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let storage = Storage::open(dir.path()).expect("open storage");
@@ -507,6 +475,27 @@ mod tests {
             },
         );
         (dir, lessor)
+    }
+
+    /// A checkpoint measured before a renewal may reach the log after the renewal's clear;
+    /// applied, it would make a restart expire the renewed lease early.
+    #[test]
+    fn a_checkpoint_measured_before_an_applied_clear_is_ignored() {
+        let (_dir, lessor) = lessor_with_lease_7();
+        let mut batch = WriteBatch::default();
+        lessor.apply_checkpoints(&mut batch, &checkpoint(0, 0));
+        lessor.apply_checkpoints(&mut batch, &checkpoint(10, 0));
+        assert_eq!(
+            lessor.time_to_live(7),
+            Some((20, 20)),
+            "stale checkpoint applied"
+        );
+        lessor.apply_checkpoints(&mut batch, &checkpoint(12, 1));
+        assert_eq!(
+            lessor.time_to_live(7),
+            Some((12, 20)),
+            "current checkpoint ignored"
+        );
     }
 
     fn clears(renewal: Renewal) -> bool {
