@@ -44,7 +44,7 @@ async fn call_as(base: &str, method: &str, path: &str, body: &str, token: Option
     let response = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        .unwrap_or_else(|e| panic!("{base}{path}: {e:?}"));
     let header = |name: &str| {
         response
             .headers()
@@ -96,6 +96,8 @@ impl Target {
     async fn start(kind: ServerKind) -> Target {
         let server = Server::start(ServerOptions::new(kind)).await;
         let base = server.client_url();
+        // A failing step names only the URL: this says whose it is.
+        eprintln!("{kind:?} serves the gateway on {base}");
         let status = post(&base, "/v3/maintenance/status", "{}").await;
         let header =
             serde_json::from_str::<Value>(&status.body).expect("status JSON")["header"].clone();
