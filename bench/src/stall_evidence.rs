@@ -84,7 +84,7 @@ pub fn keep(
 }
 
 /// How many observations of histogram `name` fell in each bucket between two scrapes, as
-/// `<=0.001s: 3, <=0.002s: 40, ..., >8s: 0` (per-bucket, not Prometheus' cumulative counts).
+/// `<=0.001s: 3, <=0.002s: 40, ..., rest: 0` (per-bucket, not Prometheus' cumulative counts).
 fn bucket_growth(name: &str, before: &str, after: &str) -> String {
     let (old, new) = (buckets(name, before), buckets(name, after));
     if new.is_empty() {

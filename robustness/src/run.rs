@@ -379,13 +379,12 @@ pub async fn run(config: RunConfig) -> RunReport {
         Some(r) => r,
         None => {
             // Without a final revision nothing else can be checked.
-            let logs = member_dirs(&cluster);
             return finish(
                 report,
                 started,
                 &ops,
                 &[],
-                &logs,
+                &cluster,
                 config.artifacts.as_deref(),
             );
         }
@@ -536,25 +535,17 @@ pub async fn run(config: RunConfig) -> RunReport {
         started,
         &ops,
         &sessions,
-        &member_dirs(&cluster),
+        &cluster,
         config.artifacts.as_deref(),
     )
-}
-
-fn member_dirs(cluster: &Cluster) -> Vec<PathBuf> {
-    cluster
-        .members
-        .iter()
-        .map(|m| m.dir().to_path_buf())
-        .collect()
 }
 
 /// Copies every launch's log of every member (`server-<n>.log` in its directory) into `dir`,
 /// as `member-<i>-server-<n>.log`: what the members said is the first thing to read about an
 /// anomaly, and their directories go when the run ends.
-fn keep_member_logs(member_dirs: &[PathBuf], dir: &std::path::Path) {
-    for (i, member_dir) in member_dirs.iter().enumerate() {
-        let Ok(entries) = std::fs::read_dir(member_dir) else {
+fn keep_member_logs(cluster: &Cluster, dir: &std::path::Path) {
+    for (i, member) in cluster.members.iter().enumerate() {
+        let Ok(entries) = std::fs::read_dir(member.dir()) else {
             continue;
         };
         for entry in entries.flatten() {
@@ -571,7 +562,7 @@ fn finish(
     started: Instant,
     ops: &[Operation],
     sessions: &[Session],
-    member_dirs: &[PathBuf],
+    cluster: &Cluster,
     artifacts: Option<&std::path::Path>,
 ) -> RunReport {
     report.duration_s = started.elapsed().as_secs_f64();
@@ -590,7 +581,7 @@ fn finish(
                 if let Ok(json) = serde_json::to_string_pretty(&report) {
                     let _ = std::fs::write(dir.join("report.json"), json);
                 }
-                keep_member_logs(member_dirs, &dir);
+                keep_member_logs(cluster, &dir);
             }
         }
     }
