@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use crate::keys;
-use crate::machine::{process_cpu_seconds, CpuMeter};
+use crate::machine::{process_cpu_seconds, CpuMeter, LoadMeter};
 use crate::report::{error_text, ErrorCounts, Report};
 use crate::server::{member_status, Kind, ServerProc};
-use crate::suite::{set_cpu_per_op, Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
+use crate::suite::{note_load, set_cpu_per_op, Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
 
 pub const CLUSTER_SIZE: usize = 3;
 pub const FAILOVER_SCENARIO: &str = "cluster3-failover";
@@ -136,7 +136,9 @@ pub async fn run_cluster(
     for scenario in list {
         let leader_before = leader_index(&endpoints).await;
         let before = cpu_of();
+        let load = LoadMeter::start();
         let mut report = scenario.run(&endpoints, args.time_scale, None).await;
+        note_load(&mut report, load.stop());
         let after = cpu_of();
         let leader_after = leader_index(&endpoints).await;
         set_cluster_cpu_per_op(&mut report, &before, &after, leader_before, leader_after);

@@ -337,9 +337,69 @@ impl CpuMeter {
     }
 }
 
+/// What one scenario cost beside the server: the load generator's CPU (with the Go generator
+/// it waited for) and how busy the whole machine was.
+pub struct LoadMeter {
+    start: Instant,
+    generator: Option<f64>,
+    machine: Option<f64>,
+}
+
+/// [`LoadMeter`]'s reading: CPU seconds of the generator, and the share (0 to 1) of the
+/// machine's cores × the wall time that was busy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadUse {
+    pub generator_secs: Option<f64>,
+    pub machine_busy_share: Option<f64>,
+}
+
+impl LoadMeter {
+    pub fn start() -> LoadMeter {
+        LoadMeter {
+            start: Instant::now(),
+            generator: generator_cpu_seconds(),
+            machine: machine_busy_seconds(),
+        }
+    }
+
+    pub fn stop(&self) -> LoadUse {
+        let wall = self.start.elapsed().as_secs_f64();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let generator = self
+            .generator
+            .zip(generator_cpu_seconds())
+            .map(|(before, now)| (now - before).max(0.0));
+        let busy = self
+            .machine
+            .zip(machine_busy_seconds())
+            .and_then(|(before, now)| busy_share(now - before, wall, cores));
+        LoadUse {
+            generator_secs: generator,
+            machine_busy_share: busy,
+        }
+    }
+}
+
+/// The share of `cores` × `wall_secs` that `busy_secs` of CPU time fills; none for an empty
+/// interval. The clock ticks of /proc/stat can put a short scenario a little over 1.
+pub fn busy_share(busy_secs: f64, wall_secs: f64, cores: usize) -> Option<f64> {
+    let capacity = wall_secs * cores as f64;
+    (capacity > 0.0).then(|| (busy_secs.max(0.0) / capacity).min(1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_share_is_the_part_of_every_core_that_was_busy() {
+        assert_eq!(busy_share(1.0, 1.0, 2), Some(0.5));
+        assert_eq!(busy_share(3.0, 2.0, 2), Some(0.75));
+        // Tick rounding may report a little more than the cores can give.
+        assert_eq!(busy_share(2.1, 1.0, 2), Some(1.0));
+        assert_eq!(busy_share(1.0, 0.0, 2), None);
+        assert_eq!(busy_share(1.0, 1.0, 0), None);
+    }
 
     #[test]
     fn cpu_of_self() {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
 use crate::cpus::CpuSplit;
-use crate::machine::{self, generator_cpu_seconds, process_cpu_seconds, CpuMeter, CpuUse, Machine};
+use crate::machine::{self, process_cpu_seconds, CpuMeter, CpuUse, LoadMeter, LoadUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
 use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
@@ -942,14 +942,15 @@ async fn run_server(
             _ => None,
         };
         let metrics_before = server.metrics_text();
-        let generator_before = generator_cpu_seconds();
         let before = cpu_of();
+        let load = LoadMeter::start();
         let mut report = scenario
             .run(&[server.endpoint()], args.time_scale, args.go_load())
             .await;
+        note_load(&mut report, load.stop());
         set_cpu_per_op(&mut report, before, cpu_of());
         if let Some(split) = split {
-            note_split(&mut report, split, generator_before);
+            note_split(&mut report, split);
         }
         eprintln!(
             "[{} r{}] {}",
@@ -987,9 +988,8 @@ async fn run_server(
     run
 }
 
-/// Records in a split scenario's report whether the split held and what the load generator
-/// spent per operation (this process and the Go generator it waited for).
-fn note_split(report: &mut Report, split: Result<CpuSplit, String>, generator_before: Option<f64>) {
+/// Records in a split scenario's report whether the split held.
+fn note_split(report: &mut Report, split: Result<CpuSplit, String>) {
     let held = match &split {
         Ok(s) => {
             eprintln!("suite: {}", s.description);
@@ -1002,13 +1002,24 @@ fn note_split(report: &mut Report, split: Result<CpuSplit, String>, generator_be
     };
     drop(split);
     report.counters.insert("cpu_split".into(), held);
-    if let (Some(b), Some(a)) = (generator_before, generator_cpu_seconds()) {
-        if report.ops > 0 {
-            report.counters.insert(
-                "generator_cpu_us_per_op".into(),
-                (a - b).max(0.0) * 1e6 / report.ops as f64,
-            );
-        }
+}
+
+/// Records what a scenario cost beside the server: the load generator's CPU per operation
+/// (this process and the Go generator it waited for) and how busy the machine's cores were.
+pub(crate) fn note_load(report: &mut Report, load: LoadUse) {
+    if report.ops == 0 {
+        return;
+    }
+    if let Some(secs) = load.generator_secs {
+        report.counters.insert(
+            "generator_cpu_us_per_op".into(),
+            secs * 1e6 / report.ops as f64,
+        );
+    }
+    if let Some(share) = load.machine_busy_share {
+        report
+            .counters
+            .insert("machine_busy_pct".into(), (share * 1000.0).round() / 10.0);
     }
 }
 
@@ -1159,6 +1170,63 @@ fn write_stalls_per_round(out: &mut String, result: &SuiteResult, rounds: usize)
                 .collect();
             let _ = writeln!(out, "| {name} | {} |", cols.join(" | "));
         }
+    }
+}
+
+/// Where the cores went in the write scenarios: server and generator CPU per operation and
+/// how busy the machine was, with the throughput ratio that CPU alone would allow.
+fn cores_section(out: &mut String, result: &SuiteResult) {
+    let mut rows = Vec::new();
+    for (members, names) in scenario_groups(result) {
+        for (name, _) in names {
+            let [k, e] = [Kind::Keelson, Kind::Etcd].map(|kind| cell(result, kind, members, name));
+            if k.stall.is_none() && e.stall.is_none() {
+                continue;
+            }
+            let server = |c: &Cell| match members {
+                1 => c.cpu,
+                _ => c.counters.get("cpu_us_per_op_3_members").copied(),
+            };
+            let counter = |c: &Cell, name: &str| c.counters.get(name).copied();
+            let per_op = |c: &Cell| Some(server(c)? + counter(c, "generator_cpu_us_per_op")?);
+            let pair = |a: Option<f64>, b: Option<f64>| format!("{} / {}", num(a), num(b));
+            rows.push(format!(
+                "| {name} | {} | {} | {} | {} | {} |",
+                pair(
+                    counter(&k, "machine_busy_pct"),
+                    counter(&e, "machine_busy_pct")
+                ),
+                pair(server(&k), server(&e)),
+                pair(
+                    counter(&k, "generator_cpu_us_per_op"),
+                    counter(&e, "generator_cpu_us_per_op")
+                ),
+                ratio(per_op(&e), per_op(&k)),
+                ratio(k.ops, e.ops),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Where the cores went (write scenarios)\n");
+    let _ = writeln!(
+        out,
+        "The server's CPU per operation (a cluster's members summed), the load generator's (with \
+         the Go generator it waited for), and how busy the machine's cores were (every process, \
+         /proc/stat) while the scenario ran. When the cores are close to fully busy against both \
+         servers, throughput is about cores / (server + generator µs per operation), so the \
+         measured ratio follows (etcd's server + generator) / (keelson's server + generator): the \
+         ratio the CPU allows, the most a cheaper server can reach with this generator on these \
+         cores. A measured ratio well below it means keelson left cores idle (a latency bound).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | machine busy %, keelson / etcd | server CPU µs/op, keelson / etcd | generator CPU µs/op, keelson / etcd | ratio the CPU allows ↑ | measured ratio ↑ |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(out, "{row}");
     }
 }
 
@@ -1567,6 +1635,7 @@ pub fn markdown(result: &SuiteResult) -> String {
     if !result.cluster_scenarios.is_empty() {
         cluster_section(&mut out, result);
     }
+    cores_section(&mut out, result);
 
     let _ = writeln!(out, "\n## Runs\n");
     let _ = writeln!(
@@ -1889,6 +1958,63 @@ mod tests {
         let json = serde_json::to_string(&result).expect("serialises");
         let back: SuiteResult = serde_json::from_str(&json).expect("parses back");
         assert_eq!(markdown(&back), md);
+    }
+
+    fn single_run(kind: Kind, ops_per_sec: f64, server_us: f64, load: LoadUse) -> ServerRun {
+        let mut run = ServerRun::new(kind, 0, 1);
+        let mut report = put_report(ops_per_sec);
+        report.ops = 30_000;
+        report.max_stall_ms = Some(5.0);
+        report.server_cpu_us_per_op = Some(server_us);
+        note_load(&mut report, load);
+        run.scenarios.push(("put-64".into(), report));
+        run
+    }
+
+    #[test]
+    fn the_cores_section_sets_the_cpu_bound_beside_the_measured_ratio() {
+        // 30000 puts: keelson's generator 1.2 s (40 µs per put), etcd's 1.2 s as well.
+        let load = |busy| LoadUse {
+            generator_secs: Some(1.2),
+            machine_busy_share: Some(busy),
+        };
+        let result = SuiteResult {
+            machine: machine(),
+            rounds_planned: 1,
+            time_scale: 1.0,
+            runs: vec![
+                single_run(Kind::Keelson, 12000.0, 60.0, load(0.9904)),
+                single_run(Kind::Etcd, 10000.0, 100.0, load(0.98)),
+            ],
+            notes: vec![],
+            wall_secs: 1.0,
+            scenarios: vec![("put-64".into(), "put".into())],
+            cluster_scenarios: vec![],
+            load_generator: None,
+        };
+        let md = markdown(&result);
+        assert!(
+            md.contains("## Where the cores went (write scenarios)"),
+            "{md}"
+        );
+        // (100 + 40) / (60 + 40) = 1.40 allowed by the CPU; 12000 / 10000 = 1.20 measured.
+        assert!(
+            md.contains("| put-64 | 99.0 / 98.0 | 60.0 / 100 | 40.0 / 40.0 | 1.40 | 1.20 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_scenario_without_operations_records_no_load() {
+        let mut report = put_report(0.0);
+        note_load(
+            &mut report,
+            LoadUse {
+                generator_secs: Some(1.0),
+                machine_busy_share: Some(0.5),
+            },
+        );
+        assert!(report.counters.is_empty(), "{:?}", report.counters);
     }
 
     /// A report saved before the cluster scenarios existed (no `members`, no cluster fields).
