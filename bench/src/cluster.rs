@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use crate::keys;
-use crate::machine::{process_cpu_seconds, CpuMeter, LoadMeter};
+use crate::machine::{process_cpu_seconds, CpuMeter, Generator, LoadMeter};
 use crate::report::{error_text, ErrorCounts, Report};
 use crate::server::{member_status, Kind, ServerProc};
 use crate::suite::{note_load, set_cpu_per_op, Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
@@ -125,7 +125,7 @@ pub async fn run_cluster(
         members.iter().map(ServerProc::pid).collect::<Vec<_>>()
     );
     let pids: Vec<u32> = members.iter().filter_map(ServerProc::pid).collect();
-    let meter = CpuMeter::start(&pids);
+    let meter = CpuMeter::start(&pids, Generator::ThisProcess);
     let member_pids: Vec<Option<u32>> = members.iter().map(ServerProc::pid).collect();
     let cpu_of = || -> Vec<Option<f64>> {
         member_pids
@@ -136,7 +136,7 @@ pub async fn run_cluster(
     for scenario in list {
         let leader_before = leader_index(&endpoints).await;
         let before = cpu_of();
-        let load = LoadMeter::start();
+        let load = LoadMeter::start(Generator::ThisProcess);
         let mut report = scenario.run(&endpoints, args.time_scale, None).await;
         note_load(&mut report, load.stop());
         let after = cpu_of();

@@ -255,6 +255,24 @@ pub fn generator_cpu_seconds() -> Option<f64> {
     stat_cpu_ticks("self", 4).map(|t| t / clock_ticks())
 }
 
+/// Which processes count as the load generator: this one alone, or with the children it has
+/// waited for. Only a run that reaps no server before its meter stops may count children:
+/// a cluster run reaps the members its failover scenario kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generator {
+    ThisProcess,
+    WithReapedChildren,
+}
+
+impl Generator {
+    fn cpu_seconds(self) -> Option<f64> {
+        match self {
+            Generator::ThisProcess => process_cpu_seconds("self"),
+            Generator::WithReapedChildren => generator_cpu_seconds(),
+        }
+    }
+}
+
 /// The sum of the first `fields` of utime, stime, cutime, cstime in `/proc/<pid>/stat`.
 fn stat_cpu_ticks(pid: &str, fields: usize) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -296,6 +314,7 @@ pub struct CpuUse {
 pub struct CpuMeter {
     start: Instant,
     machine: Option<f64>,
+    counted: Generator,
     bench: Option<f64>,
     /// Each server process and the CPU seconds it had used when the meter started.
     servers: Vec<(u32, Option<f64>)>,
@@ -303,11 +322,12 @@ pub struct CpuMeter {
 
 impl CpuMeter {
     /// Starts measuring; `server_pids` are the members (one, or every member of a cluster).
-    pub fn start(server_pids: &[u32]) -> CpuMeter {
+    pub fn start(server_pids: &[u32], counted: Generator) -> CpuMeter {
         CpuMeter {
             start: Instant::now(),
             machine: machine_busy_seconds(),
-            bench: process_cpu_seconds("self"),
+            counted,
+            bench: counted.cpu_seconds(),
             servers: server_pids
                 .iter()
                 .map(|&pid| (pid, process_cpu_seconds(&pid.to_string())))
@@ -322,7 +342,7 @@ impl CpuMeter {
             _ => 0.0,
         };
         let machine = delta(self.machine, machine_busy_seconds());
-        let bench = delta(self.bench, process_cpu_seconds("self"));
+        let bench = delta(self.bench, self.counted.cpu_seconds());
         let server: f64 = self
             .servers
             .iter()
@@ -341,6 +361,7 @@ impl CpuMeter {
 /// it waited for) and how busy the whole machine was.
 pub struct LoadMeter {
     start: Instant,
+    counted: Generator,
     generator: Option<f64>,
     machine: Option<f64>,
 }
@@ -354,10 +375,11 @@ pub struct LoadUse {
 }
 
 impl LoadMeter {
-    pub fn start() -> LoadMeter {
+    pub fn start(counted: Generator) -> LoadMeter {
         LoadMeter {
             start: Instant::now(),
-            generator: generator_cpu_seconds(),
+            counted,
+            generator: counted.cpu_seconds(),
             machine: machine_busy_seconds(),
         }
     }
@@ -367,7 +389,7 @@ impl LoadMeter {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         let generator = self
             .generator
-            .zip(generator_cpu_seconds())
+            .zip(self.counted.cpu_seconds())
             .map(|(before, now)| (now - before).max(0.0));
         let busy = self
             .machine
