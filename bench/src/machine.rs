@@ -251,7 +251,7 @@ pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 /// CPU seconds this process and the children it has waited for (the Go load generator) used.
-pub fn generator_cpu_seconds() -> Option<f64> {
+fn generator_cpu_seconds() -> Option<f64> {
     stat_cpu_ticks("self", 4).map(|t| t / clock_ticks())
 }
 
@@ -357,8 +357,8 @@ impl CpuMeter {
     }
 }
 
-/// What one scenario cost beside the server: the load generator's CPU (with the Go generator
-/// it waited for) and how busy the whole machine was.
+/// What one scenario cost beside the server: the load generator's CPU (as its [`Generator`]
+/// counts it) and how busy the whole machine was.
 pub struct LoadMeter {
     start: Instant,
     counted: Generator,
