@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, MissedTickBehavior};
 
 use crate::keys;
-use crate::machine::{process_cpu_seconds, CpuMeter, Generator, LoadMeter};
+use crate::machine::{process_cpu_seconds, CpuMeter, Generator};
 use crate::report::{error_text, ErrorCounts, Report};
 use crate::server::{member_status, Kind, ServerProc};
 use crate::suite::{note_load, set_cpu_per_op, Scenario, ServerRun, SuiteArgs, START_TIMEOUT};
@@ -136,9 +136,10 @@ pub async fn run_cluster(
     for scenario in list {
         let leader_before = leader_index(&endpoints).await;
         let before = cpu_of();
-        let load = LoadMeter::start(Generator::ThisProcess);
+        // No server pid: only the generator and the machine are of interest here.
+        let load = CpuMeter::start(&[], Generator::ThisProcess);
         let mut report = scenario.run(&endpoints, args.time_scale, None).await;
-        note_load(&mut report, load.stop());
+        note_load(&mut report, load.stop().load());
         let after = cpu_of();
         let leader_after = leader_index(&endpoints).await;
         set_cluster_cpu_per_op(&mut report, &before, &after, leader_before, leader_after);

@@ -357,47 +357,22 @@ impl CpuMeter {
     }
 }
 
-/// What one scenario cost beside the server: the load generator's CPU (as its [`Generator`]
-/// counts it) and how busy the whole machine was.
-pub struct LoadMeter {
-    start: Instant,
-    counted: Generator,
-    generator: Option<f64>,
-    machine: Option<f64>,
-}
-
-/// [`LoadMeter`]'s reading: CPU seconds of the generator, and the share (0 to 1) of the
-/// machine's cores × the wall time that was busy.
+/// What one scenario cost beside the server, from a [`CpuUse`] measured around it: CPU seconds
+/// of the load generator, and the share (0 to 1) of the machine's cores × the wall time that
+/// was busy.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadUse {
     pub generator_secs: Option<f64>,
     pub machine_busy_share: Option<f64>,
 }
 
-impl LoadMeter {
-    pub fn start(counted: Generator) -> LoadMeter {
-        LoadMeter {
-            start: Instant::now(),
-            counted,
-            generator: counted.cpu_seconds(),
-            machine: machine_busy_seconds(),
-        }
-    }
-
-    pub fn stop(&self) -> LoadUse {
-        let wall = self.start.elapsed().as_secs_f64();
+impl CpuUse {
+    pub fn load(&self) -> LoadUse {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-        let generator = self
-            .generator
-            .zip(self.counted.cpu_seconds())
-            .map(|(before, now)| (now - before).max(0.0));
-        let busy = self
-            .machine
-            .zip(machine_busy_seconds())
-            .and_then(|(before, now)| busy_share(now - before, wall, cores));
+        let busy = self.server_secs + self.bench_secs + self.other_secs;
         LoadUse {
-            generator_secs: generator,
-            machine_busy_share: busy,
+            generator_secs: Some(self.bench_secs),
+            machine_busy_share: busy_share(busy, self.wall_secs, cores),
         }
     }
 }

@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
 use crate::cpus::CpuSplit;
-use crate::machine::{
-    self, process_cpu_seconds, CpuMeter, CpuUse, Generator, LoadMeter, LoadUse, Machine,
-};
+use crate::machine::{self, process_cpu_seconds, CpuMeter, CpuUse, Generator, LoadUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
 use crate::report::{fmt_num, ErrorCounts, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
@@ -946,11 +944,12 @@ async fn run_server(
         };
         let metrics_before = server.metrics_text();
         let before = cpu_of();
-        let load = LoadMeter::start(Generator::WithReapedChildren);
+        // No server pid: only the generator and the machine are of interest here.
+        let load = CpuMeter::start(&[], Generator::WithReapedChildren);
         let mut report = scenario
             .run(&[server.endpoint()], args.time_scale, args.go_load())
             .await;
-        note_load(&mut report, load.stop());
+        note_load(&mut report, load.stop().load());
         set_cpu_per_op(&mut report, before, cpu_of());
         if let Some(split) = split {
             note_split(&mut report, split);
