@@ -6,6 +6,10 @@
 //! `MvccStore::stage` from the entry's own changes, before the new revision is published;
 //! and it answers only a transaction that starts at that same revision. Anything else (a
 //! reader at an older revision, a store reloaded from a snapshot) misses and reads RocksDB.
+//!
+//! It also remembers the newest change it let go of (evicted, too large, or forgotten with
+//! everything else): while that change is written to RocksDB, every key the staged, unwritten
+//! entries changed is still here, so a miss can read RocksDB without writing them first.
 
 use std::sync::Mutex;
 
@@ -25,11 +29,22 @@ pub struct LatestVersions {
 struct Inner {
     /// The store revision the entries describe.
     revision: i64,
-    /// `None`: the key has no live version at `revision`.
-    entries: LruCache<Bytes, Option<KeyValue>, RandomState>,
+    entries: LruCache<Bytes, Cached, RandomState>,
     bytes: usize,
     budget: usize,
+    /// The newest revision whose change to some key is no longer held (0: none).
+    newest_dropped_change: i64,
 }
+
+struct Cached {
+    /// `None`: the key has no live version at `revision`.
+    version: Option<KeyValue>,
+    /// The revision of the staged change this came from; 0 for what a read of RocksDB found.
+    changed_at: i64,
+}
+
+/// What a read of RocksDB found, not a change of its own.
+const READ_FROM_STORE: i64 = 0;
 
 fn cost(key: &Bytes, version: &Option<KeyValue>) -> usize {
     key.len() + version.as_ref().map_or(0, |kv| kv.value.len()) + ENTRY_OVERHEAD
@@ -43,6 +58,7 @@ impl LatestVersions {
                 entries: LruCache::unbounded_with_hasher(RandomState::default()),
                 bytes: 0,
                 budget,
+                newest_dropped_change: 0,
             }),
         }
     }
@@ -53,14 +69,25 @@ impl LatestVersions {
         if inner.revision != revision {
             return None;
         }
-        inner.entries.get(key).cloned()
+        inner.entries.get(key).map(|cached| cached.version.clone())
+    }
+
+    /// Whether a key this cache does not hold may have been changed by an entry after
+    /// `written` (the newest revision RocksDB holds) up to `revision`: a dropped change, or a
+    /// cache that does not describe `revision`. If not, RocksDB's newest version of such a key
+    /// is its newest at `revision` too.
+    pub fn may_lack_changes_after(&self, written: i64, revision: i64) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return true;
+        };
+        inner.revision != revision || inner.newest_dropped_change > written
     }
 
     /// Remembers what a read at `revision` found, if the cache still describes that revision.
     pub fn fill(&self, key: &Bytes, revision: i64, version: &Option<KeyValue>) {
         if let Ok(mut inner) = self.inner.lock() {
             if inner.revision == revision {
-                inner.insert(key.clone(), version.clone());
+                inner.insert(key.clone(), version.clone(), READ_FROM_STORE);
             }
         }
     }
@@ -77,51 +104,66 @@ impl LatestVersions {
             return;
         };
         if inner.revision != from {
-            inner.clear();
             inner.revision = to;
+            inner.clear();
             return;
         }
         inner.revision = to;
         for (key, version) in changes {
-            inner.insert(key, version);
+            inner.insert(key, version, to);
         }
     }
 
     /// Forgets everything: the store underneath was replaced and is now at `revision`.
     pub fn reset(&self, revision: i64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.clear();
             inner.revision = revision;
+            inner.clear();
         }
     }
 }
 
 impl Inner {
-    fn insert(&mut self, key: Bytes, version: Option<KeyValue>) {
+    fn insert(&mut self, key: Bytes, version: Option<KeyValue>, changed_at: i64) {
         let added = cost(&key, &version);
         if added > self.budget {
             if let Some(old) = self.entries.pop(&key) {
-                self.bytes -= cost(&key, &old);
+                self.bytes -= cost(&key, &old.version);
             }
+            self.note_dropped(changed_at);
             return;
         }
-        if let Some((old_key, old)) = self.entries.push(key, version) {
+        let cached = Cached {
+            version,
+            changed_at,
+        };
+        if let Some((old_key, old)) = self.entries.push(key, cached) {
             // `push` hands back the replaced value of the same key (or an evicted entry,
-            // which cannot happen in an unbounded map).
-            self.bytes -= cost(&old_key, &old);
+            // which cannot happen in an unbounded map); the new value supersedes it.
+            self.bytes -= cost(&old_key, &old.version);
         }
         self.bytes += added;
         while self.bytes > self.budget {
             match self.entries.pop_lru() {
-                Some((k, v)) => self.bytes -= cost(&k, &v),
+                Some((k, old)) => {
+                    self.bytes -= cost(&k, &old.version);
+                    self.note_dropped(old.changed_at);
+                }
                 None => break,
             }
         }
     }
 
+    fn note_dropped(&mut self, changed_at: i64) {
+        self.newest_dropped_change = self.newest_dropped_change.max(changed_at);
+    }
+
+    /// Forgets every entry; any change up to `revision` may be among them.
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
+        let revision = self.revision;
+        self.note_dropped(revision);
     }
 }
 
@@ -195,6 +237,47 @@ mod tests {
             "recently read entries stay"
         );
         assert!(!inner.entries.contains(&key("k1")), "old entries go");
+    }
+
+    #[test]
+    fn knows_when_a_staged_change_may_be_missing() {
+        let budget = 2 * (ENTRY_OVERHEAD + 2 + 1);
+        let cache = LatestVersions::new(1, budget);
+        cache.fill(&key("r1"), 1, &kv("r1", "x", 1));
+        cache.fill(&key("r2"), 1, &kv("r2", "x", 1));
+        cache.fill(&key("r3"), 1, &kv("r3", "x", 1));
+        assert!(
+            !cache.may_lack_changes_after(1, 1),
+            "evicting what reads found drops no change"
+        );
+        assert!(
+            cache.may_lack_changes_after(1, 2),
+            "a cache at another revision knows nothing"
+        );
+        cache.advance(1, 2, [(key("c2"), kv("c2", "x", 2))]);
+        cache.advance(2, 3, [(key("c3"), kv("c3", "x", 3))]);
+        assert!(!cache.may_lack_changes_after(1, 3), "both changes held");
+        cache.advance(3, 4, [(key("c4"), kv("c4", "x", 4))]);
+        assert!(
+            cache.may_lack_changes_after(1, 4),
+            "the change at 2 was evicted before it was written"
+        );
+        assert!(
+            !cache.may_lack_changes_after(2, 4),
+            "once 2 is written, its eviction does not matter"
+        );
+        let too_large = "v".repeat(budget);
+        cache.advance(4, 5, [(key("big"), kv("big", &too_large, 5))]);
+        assert!(
+            cache.may_lack_changes_after(4, 5),
+            "a change too large to hold"
+        );
+        cache.advance(7, 8, [(key("c8"), kv("c8", "x", 8))]);
+        assert!(
+            cache.may_lack_changes_after(7, 8),
+            "a gap forgets every change"
+        );
+        assert!(!cache.may_lack_changes_after(8, 8));
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub struct MvccStore {
 
 impl MvccStore {
     pub fn open(storage: Arc<Storage>) -> EtcdResult<Arc<Self>> {
+        Self::open_with_latest_budget(storage, LATEST_VERSIONS_BYTES)
+    }
+
+    fn open_with_latest_budget(
+        storage: Arc<Storage>,
+        latest_budget: usize,
+    ) -> EtcdResult<Arc<Self>> {
         let current = read_meta_i64(&storage, META_CURRENT_REVISION)?.unwrap_or(INITIAL_REVISION);
         let scheduled = read_meta_i64(&storage, META_COMPACT_SCHEDULED)?.unwrap_or(NO_COMPACTION);
         let finished = read_meta_i64(&storage, META_COMPACT_FINISHED)?.unwrap_or(NO_COMPACTION);
@@ -81,7 +88,7 @@ impl MvccStore {
             revision_tx,
             compactor,
             hub,
-            latest: latest::LatestVersions::new(current, LATEST_VERSIONS_BYTES),
+            latest: latest::LatestVersions::new(current, latest_budget),
             staged: Mutex::new(staged::Staged::at(current, 0)),
         });
         if scheduled > finished {
@@ -216,7 +223,18 @@ impl MvccStore {
         if let Some(known) = self.latest.get(key, at) {
             return Ok(known);
         }
-        self.write_staged()?;
+        {
+            // A key the cache lacks was not changed by the staged entries (they are all in
+            // it, unless it dropped one): then RocksDB, without them, has its newest version,
+            // and the staged entries keep waiting to be written as one batch.
+            let mut staged = self.staged()?;
+            if self
+                .latest
+                .may_lack_changes_after(staged.written_revision, at)
+            {
+                self.write_locked(&mut staged)?;
+            }
+        }
         let found = self.get(key, at)?;
         self.latest.fill(key, at, &found);
         Ok(found)
