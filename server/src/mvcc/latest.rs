@@ -8,8 +8,8 @@
 //! reader at an older revision, a store reloaded from a snapshot) misses and reads RocksDB.
 //!
 //! It also remembers the newest change it let go of (evicted, too large, or forgotten with
-//! everything else): while that change is written to RocksDB, every key the staged, unwritten
-//! entries changed is still here, so a miss can read RocksDB without writing them first.
+//! everything else). Once RocksDB holds that change, every key the staged, unwritten entries
+//! changed is still here, so a miss can read RocksDB without writing them first.
 
 use std::sync::Mutex;
 
