@@ -104,8 +104,7 @@ impl LatestVersions {
             return;
         };
         if inner.revision != from {
-            inner.revision = to;
-            inner.clear();
+            inner.start_over(to);
             return;
         }
         inner.revision = to;
@@ -117,8 +116,7 @@ impl LatestVersions {
     /// Forgets everything: the store underneath was replaced and is now at `revision`.
     pub fn reset(&self, revision: i64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.revision = revision;
-            inner.clear();
+            inner.start_over(revision);
         }
     }
 }
@@ -158,11 +156,12 @@ impl Inner {
         self.newest_dropped_change = self.newest_dropped_change.max(changed_at);
     }
 
-    /// Forgets every entry; any change up to `revision` may be among them.
-    fn clear(&mut self) {
+    /// Forgets every entry and describes `revision` from now on; any change up to it may have
+    /// been among the forgotten.
+    fn start_over(&mut self, revision: i64) {
         self.entries.clear();
         self.bytes = 0;
-        let revision = self.revision;
+        self.revision = revision;
         self.note_dropped(revision);
     }
 }
