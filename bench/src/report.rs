@@ -129,6 +129,13 @@ impl PauseProbe {
     }
 }
 
+impl Drop for PauseProbe {
+    /// A probe given up on (an early return) stops its thread too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The longest gap between two consecutive acknowledgements (µs since [`crate::keys::epoch`],
 /// any order) across every client: when it started and how long it was, in µs; `None` with
 /// fewer than two.

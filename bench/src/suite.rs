@@ -13,7 +13,7 @@ use crate::cluster::{self, Failover, CLUSTER_SIZE, FAILOVER_SCENARIO};
 use crate::cpus::CpuSplit;
 use crate::machine::{self, process_cpu_seconds, CpuMeter, CpuUse, Generator, LoadUse, Machine};
 use crate::opts::{CasArgs, Consistency, LeaseArgs, LoadKeysArgs, LoadOpts, RangeArgs, WatchArgs};
-use crate::report::{fmt_num, ErrorCounts, Report, Status};
+use crate::report::{fmt_num, ErrorCounts, PauseProbe, Report, Status};
 use crate::server::{Kind, ServerProc, ServerSpec};
 use crate::stall_evidence;
 use crate::workload;
@@ -160,6 +160,9 @@ const KEY_SPACE: u64 = 100_000;
 const LIST_KEYS: u64 = 1_000;
 const LIST_PREFIX: &str = "l/";
 const WATCH_PREFIX: &str = "w/";
+/// Keys the create scenario writes: none exists before, and each is written once.
+const CREATE_PREFIX: &str = "c/";
+const CREATE_KEY_SPACE: u64 = 10_000_000;
 /// How long the watch scenario waits for missing events after the last put.
 const WATCH_DRAIN: Duration = Duration::from_secs(5);
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -167,10 +170,15 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Mode {
     Put,
+    /// Puts of keys that do not exist yet (Kubernetes' creates: events, new objects).
+    Create,
     Range(Consistency),
     List,
     Cas,
-    Watch { watchers: usize, streams: usize },
+    Watch {
+        watchers: usize,
+        streams: usize,
+    },
     Lease,
     Load,
 }
@@ -291,6 +299,18 @@ fn scenarios() -> Vec<Scenario> {
             10.0,
             KEY_SPACE,
             "",
+            false,
+        ),
+        s(
+            "create-64",
+            "put of a new key each time, 64 clients / 8 conns",
+            Mode::Create,
+            64,
+            8,
+            500_000,
+            10.0,
+            CREATE_KEY_SPACE,
+            CREATE_PREFIX,
             false,
         ),
         s(
@@ -467,7 +487,7 @@ impl Scenario {
         o.prefix = self.prefix.to_string();
         o.key_size = 8;
         o.val_size = 256;
-        o.sequential_keys = matches!(self.mode, Mode::Load);
+        o.sequential_keys = matches!(self.mode, Mode::Load | Mode::Create);
         let secs = if self.setup {
             self.secs
         } else {
@@ -490,7 +510,7 @@ impl Scenario {
             return run_go(bin, &o, self.mode).await;
         }
         match self.mode {
-            Mode::Put => workload::put(&o).await,
+            Mode::Put | Mode::Create => workload::put(&o).await,
             Mode::Range(consistency) => {
                 workload::range(
                     &o,
@@ -592,6 +612,9 @@ async fn run_go(bin: &Path, o: &LoadOpts, mode: Mode) -> Report {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let failed = |detail: String| Report::not_run(name, Status::Failed, detail, o.conns, o.clients);
+    // go-load has no probe of its own; the machine's pauses stop every process alike, so one
+    // in keelson-bench for as long as go-load runs tells them from the server's stalls.
+    let probe = PauseProbe::start();
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return failed(format!("start {}: {e}", bin.display())),
@@ -610,7 +633,13 @@ async fn run_go(bin: &Path, o: &LoadOpts, mode: Mode) -> Report {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     match last.map(serde_json::from_str::<Report>) {
-        Some(Ok(report)) => report,
+        Some(Ok(mut report)) => {
+            let pause = probe.finish();
+            if report.max_stall_ms.is_some() {
+                report.max_pause_ms = pause.map(|p| p.as_secs_f64() * 1000.0);
+            }
+            report
+        }
         other => {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
@@ -1871,6 +1900,7 @@ pub fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyGen;
 
     fn machine() -> Machine {
         Machine {
@@ -2048,6 +2078,35 @@ mod tests {
     }
 
     /// The line bench/go-load prints is read as a keelson-bench report.
+    #[test]
+    fn the_create_scenario_writes_keys_no_other_scenario_has() {
+        let all = scenarios();
+        let create = all
+            .iter()
+            .find(|s| s.name == "create-64")
+            .expect("a create-64 scenario");
+        let o = create.opts(&["127.0.0.1:2379".into()], 1.0);
+        assert!(
+            o.sequential_keys,
+            "random picks would write some keys twice"
+        );
+        assert!(
+            o.key_space_size >= o.total,
+            "{} puts over {} keys would wrap to keys already written",
+            o.total,
+            o.key_space_size
+        );
+        for other in all.iter().filter(|s| s.name != "create-64") {
+            let first_key = KeyGen::new(other.prefix, 8, other.key_space).key(0);
+            assert!(
+                !first_key.starts_with(o.prefix.as_bytes()),
+                "{} writes or reads keys under create-64's prefix {:?}",
+                other.name,
+                o.prefix
+            );
+        }
+    }
+
     #[test]
     fn a_go_load_line_is_a_report() {
         let line = r#"{"mode":"put","status":"ok","conns":4,"clients":16,"ops":3488,"elapsed_secs":2.005,"ops_per_sec":1739.35,"unit":"put","latency":{"mean_ms":9.17,"p50_ms":7.293,"p90_ms":20.208,"p99_ms":37.997,"p999_ms":52.876,"max_ms":53.029},"max_stall_ms":43.323,"errors":{"total":1,"kinds":{"Unavailable: etcdserver: request timed out":1}},"counters":{}}"#;
