@@ -15,6 +15,7 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{EntryPayload, OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
+use super::recent_entries::RecentEntries;
 use super::types::{Entry, LogId, Membership, Proposal, TypeConfig, Vote};
 use crate::proto::raftpb::RaftRequest;
 use crate::storage::{Storage, StorageError, WalSyncer, CF_LOG, CF_RAFT};
@@ -57,6 +58,8 @@ pub struct LogStore {
     storage: Arc<Storage>,
     syncer: WalSyncer,
     proposals: ProposalsInFlight,
+    /// Shared by the store and its readers (clones), so that they read what it appended.
+    recent: Arc<RecentEntries>,
 }
 
 impl LogStore {
@@ -65,6 +68,7 @@ impl LogStore {
             storage,
             syncer,
             proposals,
+            recent: Arc::default(),
         }
     }
 
@@ -191,6 +195,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        if let Some(entries) = self.recent.get(&range) {
+            return Ok(entries);
+        }
         let start = index_key(start_index(&range));
         let iter = self.storage.db().iterator_cf(
             self.storage.cf(CF_LOG),
@@ -258,15 +265,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let cf = self.storage.cf(CF_LOG);
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), encode_entry(&entry)?);
+        for entry in &entries {
+            batch.put_cf(cf, index_key(entry.log_id.index), encode_entry(entry)?);
+        }
+        // Entries this append replaces must not be read from memory while RocksDB already
+        // holds their replacements (`keep` would drop them too, but only after the write).
+        if let Some(first) = entries.first() {
+            self.recent.forget_from(first.log_id.index);
         }
         // Written in place rather than on the blocking pool: an unsynced write of a few
         // entries takes microseconds, while the hand-off to another thread and back cost more
         // than the write itself (profiles of one client writing). The fsync, the slow part,
         // happens on the syncer thread, shared by every append that arrives meanwhile.
         self.storage.write(batch)?;
+        self.recent.keep(entries);
         // One client proposal in flight (a lone writer): nothing can join this fsync, so it
         // runs here rather than on the syncer thread, sparing a lone put two thread wake-ups.
         // With more in flight (or none: a follower's append, a leader's blank entry) the core
@@ -285,6 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        self.recent.forget_from(first_removed);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.storage.cf(CF_LOG),
@@ -297,6 +312,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.recent.forget_up_to(log_id.index);
         let mut batch = WriteBatch::default();
         let encoded = serde_json::to_vec(&log_id).map_err(io::Error::other)?;
         batch.put_cf(self.storage.cf(CF_RAFT), KEY_LAST_PURGED, encoded);
@@ -321,4 +337,79 @@ async fn run_blocking(
         .await
         .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
         .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftLogStorageExt;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        let payload = Proposal(bytes::Bytes::from(format!("{term}/{index}")));
+        Entry::new(
+            LogId::new_term_index(term, index),
+            EntryPayload::Normal(payload),
+        )
+    }
+
+    async fn read(store: &mut LogStore, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, u64)> {
+        let mut reader = store.get_log_reader().await;
+        reader
+            .try_get_log_entries(range)
+            .await
+            .expect("read the log")
+            .iter()
+            .map(|e| (e.log_id.index, e.log_id.leader_id.term))
+            .collect()
+    }
+
+    /// The recent entries a reader is served from memory must follow every change of the log:
+    /// a truncated or purged entry is not read back, a rewritten one is read in its new term.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_follow_truncation_rewrites_and_purges() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let syncer = WalSyncer::start(storage.clone()).expect("syncer");
+        let mut store = LogStore::new(storage.clone(), syncer, ProposalsInFlight::default());
+        store
+            .blocking_append((1..=6).map(|i| entry(1, i)))
+            .await
+            .expect("append");
+        assert_eq!(read(&mut store, 2..=3).await, vec![(2, 1), (3, 1)]);
+
+        store
+            .truncate_after(Some(LogId::new_term_index(1, 4)))
+            .await
+            .expect("truncate");
+        assert_eq!(
+            read(&mut store, 3..=6).await,
+            vec![(3, 1), (4, 1)],
+            "entries 5 and 6 were truncated"
+        );
+
+        store.blocking_append([entry(2, 5)]).await.expect("append");
+        assert_eq!(read(&mut store, 4..=5).await, vec![(4, 1), (5, 2)]);
+        // An append over an entry without a truncation first (not what openraft does, but
+        // the log must still never read back what it replaced).
+        store.blocking_append([entry(3, 5)]).await.expect("append");
+        assert_eq!(read(&mut store, 5..=5).await, vec![(5, 3)]);
+
+        store
+            .purge(LogId::new_term_index(1, 3))
+            .await
+            .expect("purge");
+        assert_eq!(read(&mut store, 1..=5).await, vec![(4, 1), (5, 3)]);
+
+        // The syncer thread closes the database when it ends: let it end before the test does,
+        // or the process may exit (and run RocksDB's static destructors) while it closes.
+        drop(store);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&storage) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL syncer thread still holds the database after 10 s"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod log_store;
 mod membership;
 pub mod peer;
 mod read_index;
+mod recent_entries;
 mod snapshot;
 mod state_machine;
 mod types;
