@@ -2077,7 +2077,7 @@ mod tests {
         assert!(!md.contains("3-member"), "{md}");
     }
 
-    /// The line bench/go-load prints is read as a keelson-bench report.
+    /// create-64 measures creates: every put writes a key that did not exist.
     #[test]
     fn the_create_scenario_writes_keys_no_other_scenario_has() {
         let all = scenarios();
@@ -2107,6 +2107,7 @@ mod tests {
         }
     }
 
+    /// The line bench/go-load prints is read as a keelson-bench report.
     #[test]
     fn a_go_load_line_is_a_report() {
         let line = r#"{"mode":"put","status":"ok","conns":4,"clients":16,"ops":3488,"elapsed_secs":2.005,"ops_per_sec":1739.35,"unit":"put","latency":{"mean_ms":9.17,"p50_ms":7.293,"p90_ms":20.208,"p99_ms":37.997,"p999_ms":52.876,"max_ms":53.029},"max_stall_ms":43.323,"errors":{"total":1,"kinds":{"Unavailable: etcdserver: request timed out":1}},"counters":{}}"#;
