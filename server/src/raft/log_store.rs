@@ -174,7 +174,7 @@ pub fn for_each_request(
     Ok(())
 }
 
-fn start_index(range: &impl RangeBounds<u64>) -> u64 {
+pub(super) fn start_index(range: &impl RangeBounds<u64>) -> u64 {
     match range.start_bound() {
         Bound::Included(i) => *i,
         Bound::Excluded(i) => i.saturating_add(1),
@@ -182,7 +182,7 @@ fn start_index(range: &impl RangeBounds<u64>) -> u64 {
     }
 }
 
-fn end_is_past(range: &impl RangeBounds<u64>, index: u64) -> bool {
+pub(super) fn end_is_past(range: &impl RangeBounds<u64>, index: u64) -> bool {
     match range.end_bound() {
         Bound::Included(end) => index > *end,
         Bound::Excluded(end) => index >= *end,

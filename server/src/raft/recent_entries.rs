@@ -13,11 +13,12 @@
 //! RocksDB would return, and any other read goes to RocksDB.
 
 use std::collections::VecDeque;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::{Mutex, MutexGuard};
 
 use openraft::EntryPayload;
 
+use super::log_store::{end_is_past, start_index};
 use super::types::Entry;
 
 /// Entries kept at most: more than the state machine applies in one go and than a follower
@@ -90,30 +91,17 @@ impl RecentEntries {
         let kept = self.lock();
         let oldest = kept.entries.front()?.log_id.index;
         let newest = kept.entries.back()?.log_id.index;
-        let start = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i.checked_add(1)?,
-            Bound::Unbounded => 0,
-        };
+        let start = start_index(range);
         // Past the last entry kept, RocksDB is asked: it knows whether the log ends there.
-        let end = match range.end_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i.checked_sub(1)?,
-            Bound::Unbounded => return None,
-        };
-        if end < start {
-            return Some(Vec::new());
-        }
-        if start < oldest || end > newest {
+        if start < oldest || !end_is_past(range, newest.saturating_add(1)) {
             return None;
         }
         let from = usize::try_from(start - oldest).ok()?;
-        let count = usize::try_from(end - start + 1).ok()?;
         Some(
             kept.entries
                 .iter()
                 .skip(from)
-                .take(count)
+                .take_while(|e| !end_is_past(range, e.log_id.index))
                 .cloned()
                 .collect(),
         )
