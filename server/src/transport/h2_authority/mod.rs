@@ -294,26 +294,39 @@ impl Filter {
         };
         // A table size update to 0 goes first in the first re-encoded block only: it empties
         // h2's table, which literals without indexing then leave empty.
-        let mut encoded = Vec::with_capacity(fragment.len() + 64);
+        let rewriting = self.rewriting;
+        let capacity = if rewriting { fragment.len() + 64 } else { 64 };
+        let mut encoded = Vec::with_capacity(capacity);
         hpack::encode_table_size_update(&mut encoded, 0);
         let size_update_len = encoded.len();
+        // Encoding a field as a literal Huffman-codes it again, and most blocks pass unchanged:
+        // until a rewrite only the fields up to the first `:authority` (the pseudo-headers
+        // before it) are encoded, in case that one must be repaired.
         let mut needs_rewrite = false;
+        let mut authority_seen = false;
+        let mut every_field_encoded = true;
         let decoded = self.decoder.decode(fragment, |field| {
-            if field.name != NAME_AUTHORITY || is_valid_authority(field.value) {
+            let is_authority = field.name == NAME_AUTHORITY;
+            if is_authority && !is_valid_authority(field.value) {
+                needs_rewrite = true;
+                if let Some(value) = repaired_authority(field.value) {
+                    hpack::encode_literal(&mut encoded, Field { value, ..field });
+                }
+            } else if rewriting || needs_rewrite || !authority_seen {
                 hpack::encode_literal(&mut encoded, field);
-                return;
+            } else {
+                every_field_encoded = false;
             }
-            needs_rewrite = true;
-            if let Some(value) = repaired_authority(field.value) {
-                hpack::encode_literal(&mut encoded, Field { value, ..field });
-            }
+            authority_seen |= is_authority;
         });
         if let Err(e) = decoded {
             tracing::debug!(error = %e, "HTTP/2 header block not decodable; forwarding it to h2");
             self.block = Some(block);
             return false;
         }
-        if !self.rewriting && !needs_rewrite {
+        // Not encoded whole only when a malformed `:authority` follows a valid one, before any
+        // rewrite (h2's table still mirrors the client's): h2 refuses that request itself.
+        if !rewriting && (!needs_rewrite || !every_field_encoded) {
             out.extend(block.raw);
             return true;
         }

@@ -538,6 +538,30 @@ fn after_a_rewrite_later_valid_blocks_are_re_encoded_too() {
     );
 }
 
+/// A request block with a valid `:authority` and then a second, malformed one.
+fn repeated_authority_block() -> Vec<u8> {
+    let mut block = Vec::new();
+    indexed(&mut block, 3); // :method POST
+    indexed(&mut block, 6); // :scheme http
+    incremental(&mut block, 4, b"", b"/etcdserverpb.KV/Range", true);
+    incremental(&mut block, 1, b"", b"127.0.0.1:2379", true);
+    incremental(&mut block, 31, b"", b"application/grpc", true);
+    incremental(&mut block, 1, b"", b"http://127.0.0.1:2379", true);
+    block
+}
+
+#[test]
+fn a_malformed_authority_after_a_valid_one_passes_unchanged() {
+    // Past a valid `:authority` the filter stops encoding what it decodes, so it cannot
+    // repair a second one: the block must then reach h2 as sent, never half re-encoded.
+    let input = connection(&[repeated_authority_block()]);
+    for step in [1, 9, input.len()] {
+        let (out, filter) = filter_bytes(&input, step);
+        assert_eq!(out, input, "in pieces of {step}");
+        assert_eq!(filter.rewritten_blocks(), 0);
+    }
+}
+
 #[test]
 fn an_unrepairable_authority_is_dropped() {
     let (out, _) = filter_bytes(&connection(&grpc_blocks(b"unix:///tmp/sock")), 64);
@@ -769,5 +793,13 @@ async fn h2_serves_valid_authorities_through_the_filter_unchanged() {
     let direct = serve_requests(&blocks, false).await;
     let fixed = serve_requests(&blocks, true).await;
     assert_eq!(direct.len(), 3);
+    assert_eq!(fixed, direct);
+}
+
+#[tokio::test]
+async fn h2_answers_a_repeated_authority_as_it_would_without_the_filter() {
+    let blocks = [repeated_authority_block()];
+    let direct = serve_requests(&blocks, false).await;
+    let fixed = serve_requests(&blocks, true).await;
     assert_eq!(fixed, direct);
 }
