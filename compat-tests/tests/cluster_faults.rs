@@ -415,7 +415,9 @@ async fn without_quorum_requests_fail_with_etcds_errors_and_resume_after() {
     assert!(
         message.contains("etcdserver: request timed out")
             || message.contains("etcdserver: no leader"),
-        "{message}"
+        "{message} after {:?}; the survivor's log:\n{}",
+        started.elapsed(),
+        cluster.members[survivor].log_tail()
     );
     assert!(
         started.elapsed() < REQUEST_TIMEOUT,
