@@ -324,8 +324,9 @@ impl Filter {
             self.block = Some(block);
             return false;
         }
-        // Not encoded whole only when a malformed `:authority` follows a valid one, before any
-        // rewrite (h2's table still mirrors the client's): h2 refuses that request itself.
+        // Before any rewrite h2's table still mirrors the client's, so a block goes as sent when
+        // it needs no rewrite, or when it was not encoded whole (a malformed `:authority` after
+        // a valid one, which h2 refuses itself).
         if !rewriting && (!needs_rewrite || !every_field_encoded) {
             out.extend(block.raw);
             return true;
