@@ -474,6 +474,69 @@ async fn without_quorum_requests_fail_with_etcds_errors_and_resume_after() {
     );
 }
 
+/// Writes in flight through a follower when quorum goes (the leader and the other follower
+/// killed under them) fail with etcd's answers for a proposal that cannot commit: a timeout or
+/// no leader. Some of them had reached the old leader when it died; keelson used to answer
+/// those with "leader changed", and a write handed to the dying leader's connection with the
+/// transport's "operation was canceled".
+#[tokio::test]
+async fn writes_in_flight_when_quorum_goes_fail_with_etcds_errors() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let survivor = (0..3).find(|i| *i != leader).expect("a follower");
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
+        let mut client = Client::connect([cluster.members[survivor].endpoint()], Some(options))
+            .await
+            .expect("connect a writer to the follower");
+        let acked = acked.clone();
+        // Each writer puts until its first error: once quorum is gone every put fails.
+        writers.push(tokio::spawn(async move {
+            for n in 0..100_000usize {
+                match client.put(format!("inflight/{w}/{n}"), "v", None).await {
+                    Ok(_) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => return Some(e.to_string()),
+                }
+            }
+            None
+        }));
+    }
+    let deadline = Instant::now() + WAIT;
+    while acked.load(Ordering::Relaxed) < 10 * WRITERS {
+        assert!(
+            Instant::now() < deadline,
+            "the writers made {} puts through the follower in {WAIT:?}",
+            acked.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..3 {
+        if i != survivor {
+            cluster.kill(i);
+        }
+    }
+    let killed = Instant::now();
+    for writer in writers {
+        let ended = tokio::time::timeout(REQUEST_TIMEOUT + WAIT, writer)
+            .await
+            .expect("a writer still waits for its put long after the request timeout")
+            .expect("a writer panicked");
+        let message = ended.expect("a writer made 100000 puts, none of them after the kill");
+        assert!(
+            message.contains("etcdserver: request timed out")
+                || message.contains("etcdserver: no leader"),
+            "a write in flight when quorum went: {message} ({:?} after the kill); the \
+             survivor's log:\n{}",
+            killed.elapsed(),
+            cluster.members[survivor].log_tail()
+        );
+    }
+}
+
 async fn scrape(cluster: &Cluster, i: usize) -> compat_tests::ops::Scrape {
     let answer = compat_tests::ops::get(
         None,

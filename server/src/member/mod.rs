@@ -191,6 +191,7 @@ impl Member {
         if matches!(
             outcome,
             Err(EtcdError::Timeout
+                | EtcdError::TimeoutDueToLeaderFail
                 | EtcdError::NoLeader
                 | EtcdError::NotLeader
                 | EtcdError::LeaderChanged

@@ -464,6 +464,12 @@ impl RaftNode {
                             tokio::time::sleep(LEADER_POLL).await;
                             continue;
                         }
+                        // The call broke after it reached the leader: the write may or may
+                        // not be made. etcd reports such a proposal as timed out, never as
+                        // a changed leader (that answer is for reads).
+                        Err(PeerCallError::Failed(EtcdError::LeaderChanged)) => {
+                            return Err(EtcdError::TimeoutDueToLeaderFail)
+                        }
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
                 }

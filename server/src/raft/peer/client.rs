@@ -485,13 +485,26 @@ async fn unary<T>(
 }
 
 /// Whether a failed call certainly never reached the peer: the connection was refused or could
-/// not be made, so the request may be sent elsewhere without risk of applying it twice.
+/// not be made, or it had closed before the request was handed to it, so the request may be
+/// sent elsewhere without risk of applying it twice.
 fn was_not_sent(status: &Status) -> bool {
-    if status.code() != Code::Unavailable && status.code() != Code::Unknown {
+    if !matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    ) {
         return false;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(error) = source {
+        // hyper cancels a request only while it still holds it unsent: the connection was not
+        // ready, or closed with the request still queued (a peer that has just died). A call
+        // that broke after it was sent fails with an HTTP/2 error instead.
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
@@ -756,5 +769,46 @@ fn entry_size(entry: &crate::raft::types::Entry) -> usize {
     match &entry.payload {
         openraft::EntryPayload::Normal(p) => p.0.len() + 32,
         _ => 256,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error hyper gives a request on an HTTP/2 connection that has already ended (as a
+    /// peer's does when it dies): the request is handed back unsent.
+    async fn request_on_an_ended_connection() -> Status {
+        let (ours, _theirs) = tokio::io::duplex(64 * 1024);
+        let (mut send, connection) = hyper::client::conn::http2::handshake::<_, _, String>(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(ours),
+        )
+        .await
+        .expect("an HTTP/2 handshake over a pipe");
+        drop(connection);
+        let error = send
+            .send_request(http::Request::new(String::new()))
+            .await
+            .expect_err("a request on an ended connection");
+        Status::from_error(Box::new(error))
+    }
+
+    #[tokio::test]
+    async fn a_request_on_an_ended_connection_was_not_sent() {
+        let status = request_on_an_ended_connection().await;
+        assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+        assert!(
+            was_not_sent(&status),
+            "hyper's cancelled request may go to the next leader: {status:?}"
+        );
+    }
+
+    #[test]
+    fn a_call_the_peer_cancelled_may_have_been_applied() {
+        // An HTTP/2 CANCEL from the peer comes after the request reached it.
+        let status = Status::cancelled("h2 protocol error: stream cancelled");
+        assert!(!was_not_sent(&status));
+        assert!(!was_not_sent(&Status::unavailable("connection reset")));
     }
 }
