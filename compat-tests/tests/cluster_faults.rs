@@ -537,6 +537,82 @@ async fn writes_in_flight_when_quorum_goes_fail_with_etcds_errors() {
     }
 }
 
+/// Keep-alives sent through a follower while the leader dies reach the next leader: a renewal
+/// is safe to repeat, and etcd retries it there until its request timeout. keelson used to end
+/// the stream of a keep-alive in flight at the kill with "leader changed".
+#[tokio::test]
+async fn keep_alives_through_a_follower_survive_the_leaders_death() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let renewed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut keepers = Vec::new();
+    for _ in 0..WRITERS {
+        let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
+        let mut client = Client::connect([cluster.members[follower].endpoint()], Some(options))
+            .await
+            .expect("connect a keeper to the follower");
+        let lease = client.lease_grant(60, None).await.expect("grant").id();
+        let (mut keeper, mut answers) = client
+            .lease_keep_alive(lease)
+            .await
+            .expect("a keep-alive stream");
+        let renewed = renewed.clone();
+        let stop = stop.clone();
+        keepers.push(tokio::spawn(async move {
+            for _ in 0..1_000_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                keeper.keep_alive().await.map_err(|e| e.to_string())?;
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.ttl() > 0 => {
+                        renewed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(answer)) => return Err(format!("lease gone: TTL {}", answer.ttl())),
+                    Ok(None) => return Err("the keep-alive stream ended".to_string()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    let wait_for_renewals = |beyond: usize, what: &'static str| {
+        let renewed = renewed.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while renewed.load(Ordering::Relaxed) < beyond + 10 * WRITERS {
+                assert!(
+                    Instant::now() < deadline,
+                    "no renewals {what} within {WAIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for_renewals(0, "before the kill").await;
+    cluster.kill(leader);
+    let killed = Instant::now();
+    cluster.wait_for_leader_among(&[leader], WAIT).await;
+    wait_for_renewals(renewed.load(Ordering::Relaxed), "after the election").await;
+    stop.store(true, Ordering::Relaxed);
+    for keeper in keepers {
+        let ended = tokio::time::timeout(REQUEST_TIMEOUT + WAIT, keeper)
+            .await
+            .expect("a keeper still waits long after the request timeout")
+            .expect("a keeper panicked");
+        if let Err(error) = ended {
+            panic!(
+                "a keep-alive through the follower failed when the leader died: {error} \
+                 ({:?} after the kill); the follower's log:\n{}",
+                killed.elapsed(),
+                cluster.members[follower].log_tail()
+            );
+        }
+    }
+}
+
 async fn scrape(cluster: &Cluster, i: usize) -> compat_tests::ops::Scrape {
     let answer = compat_tests::ops::get(
         None,

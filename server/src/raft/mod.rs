@@ -633,7 +633,9 @@ impl RaftNode {
         }
     }
 
-    /// Renews a lease on the leader, from whichever member the client talks to.
+    /// Renews a lease on the leader, from whichever member the client talks to. A renewal is
+    /// safe to repeat, so one that did not reach the leader or broke on it (the leader died)
+    /// goes to the next leader until the deadline, as etcd's LeaseRenew does.
     pub async fn lease_keep_alive_on_leader(&self, id: i64) -> EtcdResult<LeaseKeepAliveResponse> {
         let deadline = Instant::now() + self.settings.request_timeout;
         loop {
@@ -650,9 +652,9 @@ impl RaftNode {
                     {
                         Ok(answer) => return Ok(answer),
                         Err(PeerCallError::NotSent(_))
-                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
-                            tokio::time::sleep(LEADER_POLL).await
-                        }
+                        | Err(PeerCallError::Failed(
+                            EtcdError::NotLeader | EtcdError::LeaderChanged,
+                        )) => tokio::time::sleep(LEADER_POLL).await,
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
                 }
@@ -660,7 +662,8 @@ impl RaftNode {
         }
     }
 
-    /// A lease's remaining TTL as the leader (which alone tracks expiry) sees it.
+    /// A lease's remaining TTL as the leader (which alone tracks expiry) sees it; asked of the
+    /// next leader as a renewal is.
     pub async fn lease_time_to_live_on_leader(
         &self,
         req: LeaseTimeToLiveRequest,
@@ -680,9 +683,9 @@ impl RaftNode {
                     {
                         Ok(answer) => return Ok(answer),
                         Err(PeerCallError::NotSent(_))
-                        | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
-                            tokio::time::sleep(LEADER_POLL).await
-                        }
+                        | Err(PeerCallError::Failed(
+                            EtcdError::NotLeader | EtcdError::LeaderChanged,
+                        )) => tokio::time::sleep(LEADER_POLL).await,
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
                 }
