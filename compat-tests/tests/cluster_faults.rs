@@ -3,7 +3,7 @@
 //! minority, quorum loss. Every acknowledged write must be on every member with its revision.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -474,6 +474,14 @@ async fn without_quorum_requests_fail_with_etcds_errors_and_resume_after() {
     );
 }
 
+/// A client of member `i` alone whose requests may wait as long as the server lets them.
+async fn patient_client(cluster: &Cluster, i: usize) -> Client {
+    let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
+    Client::connect([cluster.members[i].endpoint()], Some(options))
+        .await
+        .expect("connect to one member")
+}
+
 /// Writes in flight through a follower when quorum goes (the leader and the other follower
 /// killed under them) fail with etcd's answers for a proposal that cannot commit: a timeout or
 /// no leader. Some of them had reached the old leader when it died; keelson used to answer
@@ -484,13 +492,10 @@ async fn writes_in_flight_when_quorum_goes_fail_with_etcds_errors() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
     let survivor = (0..3).find(|i| *i != leader).expect("a follower");
-    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
-        let mut client = Client::connect([cluster.members[survivor].endpoint()], Some(options))
-            .await
-            .expect("connect a writer to the follower");
+        let mut client = patient_client(&cluster, survivor).await;
         let acked = acked.clone();
         // Each writer puts until its first error: once quorum is gone every put fails.
         writers.push(tokio::spawn(async move {
@@ -545,14 +550,11 @@ async fn keep_alives_through_a_follower_survive_the_leaders_death() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.leader().await;
     let follower = (0..3).find(|i| *i != leader).expect("a follower");
-    let renewed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let renewed = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut keepers = Vec::new();
     for _ in 0..WRITERS {
-        let options = default_connect_options().with_timeout(REQUEST_TIMEOUT);
-        let mut client = Client::connect([cluster.members[follower].endpoint()], Some(options))
-            .await
-            .expect("connect a keeper to the follower");
+        let mut client = patient_client(&cluster, follower).await;
         let lease = client.lease_grant(60, None).await.expect("grant").id();
         let (mut keeper, mut answers) = client
             .lease_keep_alive(lease)
