@@ -542,6 +542,71 @@ async fn writes_in_flight_when_quorum_goes_fail_with_etcds_errors() {
     }
 }
 
+/// Writes a leader appended but could not commit before it was cut off end, once it rejoins
+/// and takes the new leader's log (which drops them), with etcd's answer for a proposal whose
+/// leader failed: a timeout. keelson used to answer them "leader changed", which etcd gives
+/// only to reads. None of them is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_dropped_from_a_cut_off_leaders_log_fail_with_etcds_timeout() {
+    if ServerKind::from_env() != ServerKind::Keelson {
+        eprintln!("skipped: partitions use keelson's fault hook");
+        return;
+    }
+    let cluster = Cluster::start_with(with_fault_hook(ServerOptions::from_env()), 3).await;
+    let leader = cluster.leader().await;
+    let mut clients = Vec::new();
+    for _ in 0..WRITERS {
+        clients.push(patient_client(&cluster, leader).await);
+    }
+    cluster.partition(&[leader]).await;
+    let writers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, mut client)| {
+            tokio::spawn(async move {
+                let outcome = client.put(format!("cut/{w}"), "v", None).await;
+                outcome
+                    .map(|r| header_revision(r.header()))
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let new_leader = cluster.wait_for_leader_among(&[leader], WAIT).await;
+    cluster.heal().await;
+    let mut refused = 0;
+    for writer in writers {
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, writer)
+            .await
+            .expect("a write on the cut-off leader still waits after the request timeout")
+            .expect("a writer panicked");
+        // A write the old leader refused before appending it goes to the new leader once the
+        // partition heals, and may succeed; one it appended can only be dropped.
+        if let Err(message) = outcome {
+            refused += 1;
+            assert!(
+                message.contains("etcdserver: request timed out")
+                    || message.contains("etcdserver: no leader"),
+                "a write pending on a cut-off leader: {message}; its log:\n{}",
+                cluster.members[leader].log_tail()
+            );
+        }
+    }
+    assert!(
+        refused > 0,
+        "every write made on the cut-off leader succeeded: none was pending in its log"
+    );
+    let mut reader = cluster.member_client(new_leader).await;
+    let applied = reader
+        .get("cut/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("read the writes back");
+    assert!(
+        applied.kvs().len() <= WRITERS - refused,
+        "{} of the {WRITERS} writes are applied, but {refused} of them failed",
+        applied.kvs().len()
+    );
+}
+
 /// Keep-alives sent through a follower while the leader dies reach the next leader: a renewal
 /// is safe to repeat, and etcd retries it there until its request timeout. keelson used to end
 /// the stream of a keep-alive in flight at the kill with "leader changed".

@@ -467,7 +467,7 @@ impl RaftNode {
                         // The call broke after it reached the leader: the write may or may
                         // not be made. etcd reports such a proposal as timed out, never as
                         // a changed leader (that answer is for reads).
-                        Err(PeerCallError::Failed(EtcdError::LeaderChanged)) => {
+                        Err(PeerCallError::Broken(_)) => {
                             return Err(EtcdError::TimeoutDueToLeaderFail)
                         }
                         Err(PeerCallError::Failed(e)) => return Err(e),
@@ -602,6 +602,8 @@ impl RaftNode {
                             tokio::time::sleep(LEADER_POLL).await;
                             continue;
                         }
+                        // etcd's answer to a read whose leader went away under it.
+                        Err(PeerCallError::Broken(_)) => return Err(EtcdError::LeaderChanged),
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
                 }
@@ -652,8 +654,11 @@ impl RaftNode {
                     {
                         Ok(answer) => return Ok(answer),
                         Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Broken(_))
                         | Err(PeerCallError::Failed(
-                            EtcdError::NotLeader | EtcdError::LeaderChanged,
+                            EtcdError::NotLeader
+                            | EtcdError::LeaderChanged
+                            | EtcdError::TimeoutDueToLeaderFail,
                         )) => tokio::time::sleep(LEADER_POLL).await,
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
@@ -683,8 +688,11 @@ impl RaftNode {
                     {
                         Ok(answer) => return Ok(answer),
                         Err(PeerCallError::NotSent(_))
+                        | Err(PeerCallError::Broken(_))
                         | Err(PeerCallError::Failed(
-                            EtcdError::NotLeader | EtcdError::LeaderChanged,
+                            EtcdError::NotLeader
+                            | EtcdError::LeaderChanged
+                            | EtcdError::TimeoutDueToLeaderFail,
                         )) => tokio::time::sleep(LEADER_POLL).await,
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
@@ -721,6 +729,10 @@ impl RaftNode {
                         | Err(PeerCallError::Failed(EtcdError::NotLeader)) => {
                             tokio::time::sleep(LEADER_POLL).await;
                             continue;
+                        }
+                        // The change may or may not be made: as a write, etcd's timeout.
+                        Err(PeerCallError::Broken(_)) => {
+                            return Err(EtcdError::TimeoutDueToLeaderFail)
                         }
                         Err(PeerCallError::Failed(e)) => return Err(e),
                     }
@@ -899,9 +911,14 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> EtcdEr
             Some(_) => EtcdError::NotLeader,
             None => EtcdError::NoLeader,
         },
+        // The entry was appended here, then dropped when this member took another leader's
+        // log: it may still commit there. etcd answers such a proposal as timed out.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            EtcdError::TimeoutDueToLeaderFail
+        }
         RaftError::APIError(other) => {
             tracing::warn!(error = %other, "proposal failed");
-            EtcdError::LeaderChanged
+            EtcdError::Internal(format!("proposal failed: {other}"))
         }
         RaftError::Fatal(_) => EtcdError::Stopped,
     }

@@ -63,7 +63,11 @@ pub enum PeerCallError {
     /// Nothing reached the peer (no connection, or the link is cut): safe to retry elsewhere.
     #[error("peer {0:x} is unreachable")]
     NotSent(u64),
-    /// The peer answered with an error or the call broke after it was sent.
+    /// The call broke after it was sent (the connection died under it): the peer may or may
+    /// not have acted on it, so only a call that is safe to repeat may go elsewhere.
+    #[error("the call to peer {0:x} broke after it was sent")]
+    Broken(u64),
+    /// The peer answered with an error.
     #[error(transparent)]
     Failed(#[from] EtcdError),
 }
@@ -167,6 +171,9 @@ impl PeerPool {
         }
         if was_not_sent(&status) {
             return PeerCallError::NotSent(member);
+        }
+        if broke_after_sent(&status) {
+            return PeerCallError::Broken(member);
         }
         PeerCallError::Failed(etcd_error_of(&status))
     }
@@ -448,6 +455,8 @@ pub async fn change_members_at(
     match tokio::time::timeout(timeout, client.change_members(request)).await {
         Ok(Ok(response)) => Ok(response.into_inner().applied_index),
         Ok(Err(status)) if was_not_sent(&status) => Err(EtcdError::NoLeader),
+        // As etcd answers a proposal whose leader failed under it.
+        Ok(Err(status)) if broke_after_sent(&status) => Err(EtcdError::TimeoutDueToLeaderFail),
         Ok(Err(status)) => Err(etcd_error_of(&status)),
         Err(_) => Err(EtcdError::Timeout),
     }
@@ -524,15 +533,17 @@ fn was_not_sent(status: &Status) -> bool {
     false
 }
 
+/// Whether a call that was sent failed on the way rather than with the peer's answer: the
+/// transport's errors come as Unavailable or Unknown without one of etcd's messages.
+fn broke_after_sent(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
+        && EtcdError::fixed_message(status.message()).is_none()
+}
+
 /// The etcd error a peer answered with (it travels as etcd's message).
-pub fn etcd_error_of(status: &Status) -> EtcdError {
+fn etcd_error_of(status: &Status) -> EtcdError {
     match status.code() {
         Code::DeadlineExceeded => EtcdError::Timeout,
-        Code::Unavailable | Code::Unknown
-            if EtcdError::fixed_message(status.message()).is_none() =>
-        {
-            EtcdError::LeaderChanged
-        }
         _ => EtcdError::fixed_message(status.message())
             .unwrap_or_else(|| EtcdError::Internal(status.message().to_string())),
     }
@@ -577,6 +588,9 @@ impl RaftPeer {
     fn rpc_error(&self, error: PeerCallError) -> RPCError<TypeConfig> {
         match error {
             PeerCallError::NotSent(_) => RPCError::Unreachable(self.unreachable("unreachable")),
+            e @ PeerCallError::Broken(_) => {
+                RPCError::Network(NetworkError::new(&AnyError::error(e)))
+            }
             PeerCallError::Failed(e) => RPCError::Network(NetworkError::new(&AnyError::error(e))),
         }
     }
@@ -810,5 +824,22 @@ mod tests {
         let status = Status::cancelled("h2 protocol error: stream cancelled");
         assert!(!was_not_sent(&status));
         assert!(!was_not_sent(&Status::unavailable("connection reset")));
+    }
+
+    #[test]
+    fn a_broken_call_is_told_apart_from_the_peers_answer() {
+        assert!(broke_after_sent(&Status::unavailable("connection reset")));
+        assert!(broke_after_sent(&Status::unknown(
+            "error reading a body from connection"
+        )));
+        // The same codes carrying one of etcd's messages are the peer's own answer.
+        let answered = Status::unavailable(EtcdError::NoLeader.to_string());
+        assert!(!broke_after_sent(&answered));
+        assert_eq!(etcd_error_of(&answered), EtcdError::NoLeader);
+        assert!(!broke_after_sent(&Status::deadline_exceeded("timeout")));
+        assert_eq!(
+            etcd_error_of(&Status::deadline_exceeded("timeout")),
+            EtcdError::Timeout
+        );
     }
 }
