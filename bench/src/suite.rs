@@ -997,6 +997,7 @@ async fn run_server(
             &report,
             &server,
             metrics_before.as_deref(),
+            stall_evidence::keep_above_ms(matches!(scenario.mode, Mode::Load)),
         ) {
             eprintln!("suite: the stall's evidence is in {}", path.display());
         }
