@@ -990,9 +990,14 @@ async fn run_server(
             round + 1,
             report.human().trim_end().replace('\n', "\n    ")
         );
+        // The Go generator's runs write into the same directory: their files say so.
+        let evidence_label = match args.go_load() {
+            Some(_) => format!("go-{label}"),
+            None => label.clone(),
+        };
         if let Some(path) = stall_evidence::keep(
             &args.results_dir(),
-            &label,
+            &evidence_label,
             scenario.name,
             &report,
             &server,
