@@ -116,6 +116,19 @@ pub fn set_aside(data_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
+/// Whether the membership `info` describes already has `change` made.
+fn is_made(change: &Change, info: &ClusterInfo) -> bool {
+    let member = |id: u64| info.members.iter().find(|m| m.id == id);
+    match change {
+        Change::Add(add) => member(add.id).is_some_and(|m| {
+            sorted(&m.peer_ur_ls) == sorted(&add.peer_urls) && m.is_learner == add.is_learner
+        }),
+        Change::Remove(remove) => member(remove.id).is_none(),
+        Change::Promote(promote) => member(promote.id).is_some_and(|m| !m.is_learner),
+        Change::Update(_) | Change::Publish(_) => false,
+    }
+}
+
 /// Sends `change` to the cluster's leader as `info` names it, asking the seeds again when the
 /// leader moved, until `deadline`. Retries etcd's temporary refusals (unhealthy cluster, a
 /// learner still joining, not enough started members).
@@ -148,6 +161,18 @@ async fn change_through_leader(
             }
             None => Err(EtcdError::NoLeader),
         };
+        // An earlier call may have made the change before it broke (the leader died under it);
+        // its retry is then refused as a duplicate.
+        if matches!(
+            outcome,
+            Err(EtcdError::MemberExists | EtcdError::PeerUrlExists | EtcdError::MemberNotFound)
+        ) {
+            let fresh = ask_seeds(&other_seeds(config), tls).await;
+            if let Some(fresh) = fresh.filter(|fresh| is_made(&change, fresh)) {
+                tracing::info!(change = ?change, "the cluster already made this change");
+                return Ok(fresh);
+            }
+        }
         match outcome {
             Ok(_) => return Ok(info),
             Err(
@@ -297,6 +322,51 @@ pub async fn promote_when_ready(raft: Arc<RaftNode>, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::etcdserverpb::Member;
+
+    fn cluster_of(members: &[(u64, &str, bool)]) -> ClusterInfo {
+        ClusterInfo {
+            members: members
+                .iter()
+                .map(|(id, url, is_learner)| Member {
+                    id: *id,
+                    peer_ur_ls: vec![url.to_string()],
+                    is_learner: *is_learner,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_change_refused_as_a_duplicate_counts_as_made_only_when_it_is() {
+        let add = Change::Add(AddMember {
+            id: 7,
+            peer_urls: vec!["http://10.0.0.7:2380".into()],
+            is_learner: true,
+        });
+        let with_it = cluster_of(&[
+            (1, "http://10.0.0.1:2380", false),
+            (7, "http://10.0.0.7:2380", true),
+        ]);
+        assert!(is_made(&add, &with_it));
+        // Another member holding the URL (a lost disk's old member) is not this add.
+        let other = cluster_of(&[
+            (1, "http://10.0.0.1:2380", false),
+            (9, "http://10.0.0.7:2380", false),
+        ]);
+        assert!(!is_made(&add, &other));
+        let remove = Change::Remove(RemoveMember { id: 7 });
+        assert!(!is_made(&remove, &with_it));
+        assert!(is_made(&remove, &other));
+        let promote = Change::Promote(PromoteMember { id: 7 });
+        assert!(!is_made(&promote, &with_it));
+        assert!(is_made(
+            &promote,
+            &cluster_of(&[(7, "http://10.0.0.7:2380", false)])
+        ));
+    }
 
     #[test]
     fn a_removed_members_data_is_renamed_not_deleted() {
