@@ -653,14 +653,10 @@ impl RaftNode {
                         .await
                     {
                         Ok(answer) => return Ok(answer),
-                        Err(PeerCallError::NotSent(_))
-                        | Err(PeerCallError::Broken(_))
-                        | Err(PeerCallError::Failed(
-                            EtcdError::NotLeader
-                            | EtcdError::LeaderChanged
-                            | EtcdError::TimeoutDueToLeaderFail,
-                        )) => tokio::time::sleep(LEADER_POLL).await,
-                        Err(PeerCallError::Failed(e)) => return Err(e),
+                        Err(e) => {
+                            lease_call_goes_to_next_leader(e)?;
+                            tokio::time::sleep(LEADER_POLL).await
+                        }
                     }
                 }
             }
@@ -687,14 +683,10 @@ impl RaftNode {
                         .await
                     {
                         Ok(answer) => return Ok(answer),
-                        Err(PeerCallError::NotSent(_))
-                        | Err(PeerCallError::Broken(_))
-                        | Err(PeerCallError::Failed(
-                            EtcdError::NotLeader
-                            | EtcdError::LeaderChanged
-                            | EtcdError::TimeoutDueToLeaderFail,
-                        )) => tokio::time::sleep(LEADER_POLL).await,
-                        Err(PeerCallError::Failed(e)) => return Err(e),
+                        Err(e) => {
+                            lease_call_goes_to_next_leader(e)?;
+                            tokio::time::sleep(LEADER_POLL).await
+                        }
                     }
                 }
             }
@@ -903,6 +895,20 @@ fn raft_config(settings: &RaftSettings) -> Result<Config, RaftStartError> {
     }
     .validate()
     .map_err(|e| RaftStartError::Config(e.to_string()))
+}
+
+/// A lease call to the leader that failed: `Ok` when it is to be asked of the next leader (it
+/// did not reach this one, broke on it, or the leader was losing its place; a renewal is safe
+/// to repeat), else the error for the client.
+fn lease_call_goes_to_next_leader(error: PeerCallError) -> EtcdResult<()> {
+    match error {
+        PeerCallError::NotSent(_)
+        | PeerCallError::Broken(_)
+        | PeerCallError::Failed(
+            EtcdError::NotLeader | EtcdError::LeaderChanged | EtcdError::TimeoutDueToLeaderFail,
+        ) => Ok(()),
+        PeerCallError::Failed(e) => Err(e),
+    }
 }
 
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> EtcdError {
