@@ -17,7 +17,10 @@ use crate::metrics::METRICS;
 use crate::mvcc::write::WriteTxn;
 use crate::mvcc::{apply, MvccStore};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
-use crate::proto::etcdserverpb::{AlarmRequest, AlarmResponse, AlarmType, LeaseCheckpointResponse};
+use crate::proto::etcdserverpb::request_op::Request as OpRequest;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, AlarmType, LeaseCheckpointResponse, TxnRequest,
+};
 use crate::proto::raftpb::raft_request::Request;
 use crate::proto::raftpb::raft_response::Response;
 use crate::proto::raftpb::{RaftRequest, RaftResponse};
@@ -155,6 +158,39 @@ impl Applier {
     }
 }
 
+/// Whether a request reads and changes only keys it names: a put, a single-key delete, a
+/// txn of single-key compares and operations, or a request that touches no key (lease grant,
+/// lease checkpoints, compaction, which only schedules the removal, alarms). Its cost is then
+/// bounded by its size; a txn's by --max-txn-ops.
+fn touches_only_named_keys(request: &Request) -> bool {
+    match request {
+        Request::Put(_)
+        | Request::LeaseGrant(_)
+        | Request::LeaseCheckpoint(_)
+        | Request::Compaction(_)
+        | Request::Alarm(_) => true,
+        Request::DeleteRange(delete) => delete.range_end.is_empty(),
+        Request::Txn(txn) => txn_touches_only_named_keys(txn),
+        _ => false,
+    }
+}
+
+fn txn_touches_only_named_keys(txn: &TxnRequest) -> bool {
+    txn.compare
+        .iter()
+        .all(|compare| compare.range_end.is_empty())
+        && txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .all(|op| match &op.request {
+                Some(OpRequest::RequestRange(range)) => range.range_end.is_empty(),
+                Some(OpRequest::RequestPut(_)) | None => true,
+                Some(OpRequest::RequestDeleteRange(delete)) => delete.range_end.is_empty(),
+                Some(OpRequest::RequestTxn(nested)) => txn_touches_only_named_keys(nested),
+            })
+}
+
 /// etcd's warning and counter for an apply over 100 ms: a slow disk or an overloaded member,
 /// which the mixin's dashboards show.
 fn note_apply_duration(took: Duration) {
@@ -198,6 +234,13 @@ impl StateMachineApplier for Applier {
 
     fn commit_staged(&self) -> Result<(), StorageError> {
         Applier::commit_staged(self)
+    }
+
+    fn is_bounded(&self, request: &RaftRequest) -> bool {
+        request
+            .request
+            .as_ref()
+            .is_some_and(touches_only_named_keys)
     }
 
     fn reload(&self) -> Result<(), StorageError> {
@@ -292,5 +335,94 @@ impl Applier {
             header: Some(Default::default()),
             alarms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{
+        Compare, DeleteRangeRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp,
+    };
+
+    fn op(request: OpRequest) -> RequestOp {
+        RequestOp {
+            request: Some(request),
+        }
+    }
+
+    fn single_key_delete() -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: b"a".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn ranged_delete() -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: b"a".to_vec().into(),
+            range_end: b"b".to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_requests_naming_their_keys_count_as_bounded() {
+        assert!(touches_only_named_keys(
+            &Request::Put(PutRequest::default())
+        ));
+        assert!(touches_only_named_keys(&Request::DeleteRange(
+            single_key_delete()
+        )));
+        assert!(!touches_only_named_keys(&Request::DeleteRange(
+            ranged_delete()
+        )));
+        assert!(
+            !touches_only_named_keys(&Request::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+            "a revoke deletes every key attached to the lease"
+        );
+    }
+
+    #[test]
+    fn a_txn_is_bounded_only_when_every_compare_and_op_names_one_key() {
+        let cas = TxnRequest {
+            compare: vec![Compare {
+                key: b"a".to_vec().into(),
+                ..Default::default()
+            }],
+            success: vec![op(OpRequest::RequestPut(PutRequest::default()))],
+            failure: vec![op(OpRequest::RequestRange(RangeRequest {
+                key: b"a".to_vec().into(),
+                ..Default::default()
+            }))],
+        };
+        assert!(touches_only_named_keys(&Request::Txn(cas.clone())));
+
+        let mut ranged_compare = cas.clone();
+        ranged_compare.compare[0].range_end = b"\0".to_vec().into();
+        assert!(!touches_only_named_keys(&Request::Txn(ranged_compare)));
+
+        let mut ranged_read = cas.clone();
+        ranged_read.failure = vec![op(OpRequest::RequestRange(RangeRequest {
+            key: b"a".to_vec().into(),
+            range_end: b"\0".to_vec().into(),
+            ..Default::default()
+        }))];
+        assert!(!touches_only_named_keys(&Request::Txn(ranged_read)));
+
+        let nested = |inner: DeleteRangeRequest| TxnRequest {
+            success: vec![op(OpRequest::RequestTxn(TxnRequest {
+                success: vec![op(OpRequest::RequestDeleteRange(inner))],
+                ..Default::default()
+            }))],
+            ..Default::default()
+        };
+        assert!(touches_only_named_keys(&Request::Txn(nested(
+            single_key_delete()
+        ))));
+        assert!(
+            !touches_only_named_keys(&Request::Txn(nested(ranged_delete()))),
+            "a ranged delete inside a nested txn"
+        );
     }
 }

@@ -91,6 +91,12 @@ pub trait StateMachineApplier: Send + Sync + 'static {
     ) -> Result<Option<RaftResponse>, StorageError>;
     /// Writes every staged entry as one batch and publishes them.
     fn commit_staged(&self) -> Result<(), StorageError>;
+    /// Whether applying `request` costs no more than its size says: it touches only keys it
+    /// names, each once, so it may be applied on the async runtime. Anything that may touch a
+    /// range of keys (a ranged delete, a lease revoke) goes to the blocking pool.
+    fn is_bounded(&self, _request: &RaftRequest) -> bool {
+        false
+    }
     /// Reloads in-memory state after the data underneath was replaced by a snapshot.
     fn reload(&self) -> Result<(), StorageError>;
     /// Whether [`StateMachineApplier::replay`] wants the entries applied before this start.

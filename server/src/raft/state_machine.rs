@@ -26,9 +26,11 @@ const META_REMOVED: &[u8] = b"raft/removed_members";
 const KEY_INSTALLING: &[u8] = b"installing_snapshot";
 /// Entries applied per blocking task: enough to amortise the hand-off, small enough to stream.
 const APPLY_CHUNK: usize = 512;
-/// Up to this many entries are applied in place on the state machine's task: each takes tens
-/// of microseconds, less than the round trip to the blocking pool.
-const APPLY_IN_PLACE: usize = 8;
+/// Up to this many entries are applied in place on the state machine's task when each costs
+/// what its size says (`StateMachineApplier::is_bounded`): such an entry takes tens of
+/// microseconds, and the round trip to the blocking pool cost a chunk two thread wake-ups, a
+/// tenth of a put's CPU under put-64 (bench/results/perf-push-2.md, eighteenth session).
+const APPLY_IN_PLACE: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 struct AppliedState {
@@ -102,10 +104,14 @@ impl StateMachine {
     /// Applies entries in order on the calling (blocking) thread. Entries that change only
     /// keys are staged and written together as one batch; their clients are answered once it
     /// is written and published.
-    fn apply_entries(&self, entries: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+    fn apply_entries(&self, entries: Vec<Decoded>) -> io::Result<()> {
         let mut staged = StagedEntries::default();
-        for (entry, responder) in entries {
-            let request = decode_request(&entry)?;
+        for Decoded {
+            entry,
+            responder,
+            request,
+        } in entries
+        {
             if let Some(request) = &request {
                 if let Some(applied) = self.stage_entry(entry.log_id, request)? {
                     staged.answers.push((responder, applied));
@@ -225,6 +231,24 @@ struct StagedEntries {
     answers: Vec<(Option<ApplyResponder<TypeConfig>>, Applied)>,
 }
 
+/// A committed entry, its client's responder, and the request it carries, decoded once.
+struct Decoded {
+    entry: Entry,
+    responder: Option<ApplyResponder<TypeConfig>>,
+    request: Option<RaftRequest>,
+}
+
+impl Decoded {
+    fn of((entry, responder): EntryResponder<TypeConfig>) -> io::Result<Self> {
+        let request = decode_request(&entry)?;
+        Ok(Self {
+            entry,
+            responder,
+            request,
+        })
+    }
+}
+
 /// The client request an entry carries, if any.
 fn decode_request(entry: &Entry) -> io::Result<Option<RaftRequest>> {
     match &entry.payload {
@@ -309,14 +333,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some(first) = entries.next().await {
-            let mut chunk = vec![first?];
+            let mut chunk = vec![Decoded::of(first?)?];
             while chunk.len() < APPLY_CHUNK {
                 match entries.next().now_or_never() {
-                    Some(Some(item)) => chunk.push(item?),
+                    Some(Some(item)) => chunk.push(Decoded::of(item?)?),
                     _ => break,
                 }
             }
-            if chunk.len() <= APPLY_IN_PLACE {
+            if self.may_apply_in_place(&chunk) {
                 self.apply_entries(chunk)?;
             } else {
                 let sm = self.clone();
@@ -398,6 +422,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 impl StateMachine {
+    /// Whether `chunk` is small and cheap enough to apply without leaving the async runtime.
+    /// Raft's own entries (blank, membership) count as cheap.
+    fn may_apply_in_place(&self, chunk: &[Decoded]) -> bool {
+        chunk.len() <= APPLY_IN_PLACE
+            && chunk.iter().all(|decoded| {
+                decoded
+                    .request
+                    .as_ref()
+                    .is_none_or(|request| self.applier.is_bounded(request))
+            })
+    }
+
     /// A snapshot of exactly the applied state: the last checkpoint if nothing was applied
     /// since, else a new one (which replaces it).
     fn checkpoint_of_applied_state(&self) -> io::Result<Option<RaftSnapshot>> {
