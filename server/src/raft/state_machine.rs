@@ -101,7 +101,8 @@ impl StateMachine {
         self.applied.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Applies entries in order on the calling (blocking) thread. Entries that change only
+    /// Applies entries in order on the calling thread: the state machine's task for a small
+    /// chunk of cheap entries (`may_apply_in_place`), else a blocking one. Entries that change only
     /// keys are staged and written together as one batch; their clients are answered once it
     /// is written and published.
     fn apply_entries(&self, entries: Vec<Decoded>) -> io::Result<()> {
