@@ -424,9 +424,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl StateMachine {
     /// Whether `chunk` is small and cheap enough to apply without leaving the async runtime.
-    /// Raft's own entries (blank, membership) count as cheap.
+    /// Raft's own entries (blank, membership) count as cheap. While RocksDB slows or stops
+    /// writes, a write may wait for a flush: then the chunk goes to the blocking pool, so that
+    /// the runtime's worker is not held.
     fn may_apply_in_place(&self, chunk: &[Decoded]) -> bool {
         chunk.len() <= APPLY_IN_PLACE
+            && !self.storage().writes_throttled()
             && chunk.iter().all(|decoded| {
                 decoded
                     .request

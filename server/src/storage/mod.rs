@@ -229,6 +229,12 @@ impl Storage {
         Ok(())
     }
 
+    /// Whether RocksDB is slowing or stopping writes (memtables or level-0 files waiting for a
+    /// flush or a compaction): a write may then wait for a long time.
+    pub fn writes_throttled(&self) -> bool {
+        writes_throttled(&self.db)
+    }
+
     /// What the state machine's data takes, the measure behind Status's `dbSize` and
     /// `dbSizeInUse`, the `etcd_mvcc_db_total_size*` gauges and the backend quota (see
     /// docs/storage.md, "Size"). Reads a few RocksDB properties: cheap, no file system walk.
@@ -271,6 +277,24 @@ pub struct DataSize {
     pub total: u64,
     /// RocksDB's estimate of the live part of the SST files plus memtables: `dbSizeInUse`.
     pub in_use: u64,
+}
+
+fn writes_throttled(db: &DB) -> bool {
+    let value = |property: &str| db.property_int_value(property).ok().flatten();
+    throttled(
+        value("rocksdb.is-write-stopped"),
+        value("rocksdb.actual-delayed-write-rate"),
+    )
+}
+
+/// RocksDB's answers: writes stopped (1) or not (0), and the rate delayed writes are held to
+/// (0 when none are).
+fn throttled(stopped: Option<u64>, delayed_rate: Option<u64>) -> bool {
+    match (stopped, delayed_rate) {
+        (Some(stopped), Some(delayed_rate)) => stopped > 0 || delayed_rate > 0,
+        // Unreadable counts as throttled: the caller then takes the path that cannot block.
+        _ => true,
+    }
 }
 
 fn cf_options(name: &str, cache: &Cache) -> Options {
@@ -357,5 +381,25 @@ mod tests {
             assert!(now.in_use <= now.total);
             previous = now.total;
         }
+    }
+
+    #[test]
+    fn writes_count_as_throttled_when_stopped_delayed_or_unknown() {
+        assert!(!throttled(Some(0), Some(0)));
+        assert!(throttled(Some(1), Some(0)), "stopped");
+        assert!(throttled(Some(0), Some(16 << 20)), "delayed");
+        assert!(throttled(None, Some(0)), "unreadable");
+        assert!(throttled(Some(0), None), "unreadable");
+    }
+
+    #[test]
+    fn a_healthy_store_reads_its_write_stall_state_as_unthrottled() {
+        // Fails if either property name is not RocksDB's (it reads as unknown).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let mut batch = WriteBatch::default();
+        batch.put_cf(storage.cf(CF_KV), "key", "value");
+        storage.write(batch).expect("write");
+        assert!(!storage.writes_throttled());
     }
 }
