@@ -426,16 +426,17 @@ impl StateMachine {
     /// Whether `chunk` is small and cheap enough to apply without leaving the async runtime.
     /// Raft's own entries (blank, membership) count as cheap. While RocksDB slows or stops
     /// writes, a write may wait for a flush: then the chunk goes to the blocking pool, so that
-    /// the runtime's worker is not held.
+    /// the runtime's worker is not held. RocksDB is asked last, only about a chunk that
+    /// would otherwise be applied here.
     fn may_apply_in_place(&self, chunk: &[Decoded]) -> bool {
         chunk.len() <= APPLY_IN_PLACE
-            && !self.storage().writes_throttled()
             && chunk.iter().all(|decoded| {
                 decoded
                     .request
                     .as_ref()
                     .is_none_or(|request| self.applier.is_bounded(request))
             })
+            && !self.storage().writes_throttled()
     }
 
     /// A snapshot of exactly the applied state: the last checkpoint if nothing was applied
