@@ -232,7 +232,11 @@ impl Storage {
     /// Whether RocksDB is slowing or stopping writes (memtables or level-0 files waiting for a
     /// flush or a compaction): a write may then wait for a long time.
     pub fn writes_throttled(&self) -> bool {
-        writes_throttled(&self.db)
+        let value = |property: &str| self.db.property_int_value(property).ok().flatten();
+        throttled(
+            value("rocksdb.is-write-stopped"),
+            value("rocksdb.actual-delayed-write-rate"),
+        )
     }
 
     /// What the state machine's data takes, the measure behind Status's `dbSize` and
@@ -277,14 +281,6 @@ pub struct DataSize {
     pub total: u64,
     /// RocksDB's estimate of the live part of the SST files plus memtables: `dbSizeInUse`.
     pub in_use: u64,
-}
-
-fn writes_throttled(db: &DB) -> bool {
-    let value = |property: &str| db.property_int_value(property).ok().flatten();
-    throttled(
-        value("rocksdb.is-write-stopped"),
-        value("rocksdb.actual-delayed-write-rate"),
-    )
 }
 
 /// RocksDB's answers: writes stopped (1) or not (0), and the rate delayed writes are held to
