@@ -102,10 +102,11 @@ bench: test-deps bench-build
 	$(BENCH_BIN) suite --keelson-bin $(KEELSON_RELEASE_BIN) --etcd-bin $(ETCD_BIN) \
 		--results-dir $(CURDIR)/bench/results $(BENCH_ARGS) </dev/null
 
-## The same single-member scenarios (put-1, put-16, put-64, range-l-64, range-s-64) driven by
-## bench/go-load, a load generator on etcd's own Go client (clientv3 3.4.23 from Debian's
-## golang-etcd-server-dev), built offline in GOPATH mode with Debian's Go; alternating rounds
-## of fresh keelson and etcd, ≤ 13 min; writes bench/results/GO-LATEST.md.
+## The same scenarios (put-1, put-16, put-64, range-l-64, range-s-64, watch-100, watch-fanout;
+## cluster3-put-64 and cluster3-range-l-64 on 3 members) driven by bench/go-load, a load
+## generator on etcd's own Go client (clientv3 3.4.23 from Debian's golang-etcd-server-dev),
+## built offline in GOPATH mode with Debian's Go; alternating rounds of fresh keelson and
+## etcd, ≤ 15 min; writes bench/results/GO-LATEST.md.
 GO_LOAD_DIR := $(CARGO_TARGET_DIR)/go-load
 GO_LOAD_BIN := $(GO_LOAD_DIR)/go-load
 BENCH_GO_ARGS ?=

@@ -125,7 +125,9 @@ pub async fn run_cluster(
         members.iter().map(ServerProc::pid).collect::<Vec<_>>()
     );
     let pids: Vec<u32> = members.iter().filter_map(ServerProc::pid).collect();
-    let meter = CpuMeter::start(&pids, Generator::ThisProcess);
+    let go = args.go_load();
+    let generator = generator_of(go);
+    let meter = CpuMeter::start(&pids, generator);
     let member_pids: Vec<Option<u32>> = members.iter().map(ServerProc::pid).collect();
     let cpu_of = || -> Vec<Option<f64>> {
         member_pids
@@ -137,8 +139,8 @@ pub async fn run_cluster(
         let leader_before = leader_index(&endpoints).await;
         let before = cpu_of();
         // No server pid: only the generator and the machine are of interest here.
-        let load = CpuMeter::start(&[], Generator::ThisProcess);
-        let mut report = scenario.run(&endpoints, args.time_scale, None).await;
+        let load = CpuMeter::start(&[], generator);
+        let mut report = scenario.run(&endpoints, args.time_scale, go).await;
         note_load(&mut report, load.stop().load());
         let after = cpu_of();
         let leader_after = leader_index(&endpoints).await;
@@ -195,6 +197,17 @@ pub async fn run_cluster(
     }
     run.wall_secs = wall.elapsed().as_secs_f64();
     run
+}
+
+/// Which processes count as the load generator of a cluster run. go-load runs as a child
+/// that is waited for before each meter stops; the members are reaped only after the meters
+/// stop (the failover kills, which go-load's runs leave out, come later), so counting reaped
+/// children adds go-load's CPU and nothing else.
+fn generator_of(go: Option<&Path>) -> Generator {
+    match go {
+        Some(_) => Generator::WithReapedChildren,
+        None => Generator::ThisProcess,
+    }
 }
 
 /// The index of the member every answering member names as leader, if they agree.
