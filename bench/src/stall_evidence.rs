@@ -92,6 +92,32 @@ pub fn keep(
     }
 }
 
+/// The prefix of the evidence files `make bench-go`'s runs write; `make bench`'s have none.
+pub const GO_PREFIX: &str = "go-";
+
+/// Removes the evidence files the previous run of the same load generator left under
+/// `<results>/stalls/`: the files are named by run and scenario only, so a stall that does
+/// not recur would otherwise leave an older run's file beside the new LATEST.md, as if it
+/// were that run's. The other generator's files belong to its own LATEST and stay. Returns
+/// how many were removed.
+pub fn clear_previous(results_dir: &Path, go: bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(results_dir.join("stalls")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".txt")
+            && name.starts_with(GO_PREFIX) == go
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// How many observations of histogram `name` fell in each bucket between two scrapes, as
 /// `<=0.001s: 3, <=0.002s: 40, ..., rest: 0` (per-bucket, not Prometheus' cumulative counts).
 fn bucket_growth(name: &str, before: &str, after: &str) -> String {
@@ -174,6 +200,35 @@ fn in_window(line: &str, (from, to): (i64, i64)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_clears_only_its_own_generators_old_evidence() {
+        let results = tempfile::tempdir().expect("temp dir");
+        let stalls = results.path().join("stalls");
+        std::fs::create_dir_all(&stalls).expect("stalls dir");
+        for name in [
+            "keelson-r1-create-64.txt",
+            "etcd-r2-put-64.txt",
+            "go-keelson-r1-put-64.txt",
+            "notes.md",
+        ] {
+            std::fs::write(stalls.join(name), "x").expect("write");
+        }
+        assert_eq!(clear_previous(results.path(), false), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&stalls)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["go-keelson-r1-put-64.txt", "notes.md"]);
+        assert_eq!(clear_previous(results.path(), true), 1);
+        assert_eq!(
+            clear_previous(&results.path().join("missing"), true),
+            0,
+            "no stalls directory is nothing to clear"
+        );
+    }
 
     #[test]
     fn histogram_growth_is_per_bucket_between_scrapes() {

@@ -819,6 +819,10 @@ pub async fn run(args: SuiteArgs) -> Result<SuiteResult, String> {
 
     let start = Instant::now();
     let deadline = start + args.max_time;
+    let cleared = stall_evidence::clear_previous(&args.results_dir(), go.is_some());
+    if cleared > 0 {
+        eprintln!("suite: removed {cleared} stall evidence file(s) of the previous run");
+    }
     let parent = args.bins.work_parent();
     let work = tempfile::Builder::new()
         .prefix("keelson-bench-")
@@ -995,7 +999,7 @@ async fn run_server(
         );
         // The Go generator's runs write into the same directory: their files say so.
         let evidence_label = match args.go_load() {
-            Some(_) => format!("go-{label}"),
+            Some(_) => format!("{}{label}", stall_evidence::GO_PREFIX),
             None => label.clone(),
         };
         if let Some(path) = stall_evidence::keep(
