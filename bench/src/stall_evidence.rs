@@ -93,7 +93,17 @@ pub fn keep(
 }
 
 /// The prefix of the evidence files `make bench-go`'s runs write; `make bench`'s have none.
-pub const GO_PREFIX: &str = "go-";
+const GO_PREFIX: &str = "go-";
+
+/// The name a run's evidence files start with: both generators write into the same
+/// directory, so the Go generator's files say so.
+pub fn label(run_label: &str, go: bool) -> String {
+    if go {
+        format!("{GO_PREFIX}{run_label}")
+    } else {
+        run_label.to_string()
+    }
+}
 
 /// Removes the evidence files the previous run of the same load generator left under
 /// `<results>/stalls/`: the files are named by run and scenario only, so a stall that does

@@ -997,11 +997,7 @@ async fn run_server(
             round + 1,
             report.human().trim_end().replace('\n', "\n    ")
         );
-        // The Go generator's runs write into the same directory: their files say so.
-        let evidence_label = match args.go_load() {
-            Some(_) => format!("{}{label}", stall_evidence::GO_PREFIX),
-            None => label.clone(),
-        };
+        let evidence_label = stall_evidence::label(&label, args.go_load().is_some());
         if let Some(path) = stall_evidence::keep(
             &args.results_dir(),
             &evidence_label,
