@@ -200,9 +200,10 @@ pub async fn run_cluster(
 }
 
 /// Which processes count as the load generator of a cluster run. go-load runs as a child
-/// that is waited for before each meter stops; the members are reaped only after the meters
-/// stop (the failover kills, which go-load's runs leave out, come later), so counting reaped
-/// children adds go-load's CPU and nothing else.
+/// that is waited for before each meter stops, so its runs must count reaped children. The
+/// members are reaped only after the meters stop (the failover kills come later), except a
+/// member found dead mid-run, which fails the run; keelson-bench's own runs count this
+/// process alone, so that such a member's CPU can never show as the generator's.
 fn generator_of(go: Option<&Path>) -> Generator {
     match go {
         Some(_) => Generator::WithReapedChildren,

@@ -256,8 +256,9 @@ fn generator_cpu_seconds() -> Option<f64> {
 }
 
 /// Which processes count as the load generator: this one alone, or with the children it has
-/// waited for. Only a run that reaps no server before its meter stops may count children:
-/// a cluster run reaps the members its failover scenario kills.
+/// waited for (go-load). Counting children is exact only while no server is reaped before the
+/// meter stops: a server found dead mid-run is reaped by the liveness check, and its CPU would
+/// then count as the generator's (in a run that is reported as failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generator {
     ThisProcess,
