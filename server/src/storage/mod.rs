@@ -121,6 +121,21 @@ impl DiskObserver for NoObserver {
     fn backend_commit(&self, _: f64) {}
 }
 
+/// Memtable size of the raft log. RocksDB starts a new WAL file whenever a memtable is
+/// switched, and the raft log's fills first: its size sets the WAL files' (about twice it,
+/// with the applied state's records beside the entries: ~16 MiB with 256-byte values). Such
+/// files retire four at a time under `MAX_TOTAL_WAL_BYTES`, the recycle list (4) holds them
+/// all, and four of every ~six files a member starts after that are reused ones.
+const RAFT_LOG_WRITE_BUFFER: usize = 8 << 20;
+
+/// WAL kept before RocksDB flushes the memtables that still need its oldest file. A WAL file
+/// is recycled only once every memtable with data in it is flushed, and only files retired
+/// since the database was opened are recycled: with 256 MiB (and 32 MiB log memtables) a
+/// member appended to fresh WAL files, the slower fdatasync, for well over its first 100 MiB
+/// of writes after every start, and held that much more WAL on disk and in memtables
+/// (bench/results/perf-push-2.md, twenty-fourth session).
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+
 pub struct Storage {
     db: DB,
     dir: PathBuf,
@@ -163,14 +178,16 @@ impl Storage {
         db_opts.set_keep_log_file_num(4);
         // Overwriting a recycled WAL file needs no block allocation nor size change, so its
         // fdatasync (the one every acknowledged write waits for) is about twice as fast as
-        // an append to a new file on ext4 (see bench/results: the disk probe).
+        // an append to a new file on ext4 (see bench/results: the disk probe). The WAL's
+        // size bound and the raft log's small memtables (`RAFT_LOG_WRITE_BUFFER`) keep the
+        // recycle list supplied.
         db_opts.set_recycle_log_file_num(4);
         // WAL records stay in RocksDB's buffer until `sync_wal` writes and fsyncs them in one
         // go: every write made meanwhile shares that one write(2) instead of paying its own
         // (two per put: the log entry and the applied batch). Nothing is acknowledged before
         // that fsync, and a crash still recovers a prefix of the writes in order.
         db_opts.set_manual_wal_flush(true);
-        db_opts.set_max_total_wal_size(256 << 20);
+        db_opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS
             .iter()
@@ -318,7 +335,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
             // The log is written once, read rarely and deleted from the front: compressing it
             // on flush cost CPU on the write path (profile of put-64) and saved little.
             opts.set_compression_type(DBCompressionType::None);
-            opts.set_write_buffer_size(32 << 20);
+            opts.set_write_buffer_size(RAFT_LOG_WRITE_BUFFER);
         }
         _ => {}
     }
@@ -377,6 +394,37 @@ mod tests {
             assert!(now.in_use <= now.total);
             previous = now.total;
         }
+    }
+
+    /// After a start the WAL must reach recycled files (whose fdatasync is the faster one)
+    /// within a few times its size bound, written as a member writes: raft log entries, each
+    /// followed by the state machine's batch. Fails if the bound or the raft log's memtable
+    /// grows back to where no WAL file retires in that stretch (256 and 32 MiB did not).
+    #[test]
+    fn wal_files_are_reused_soon_after_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::open(dir.path()).expect("open");
+        let entry = vec![7u8; 48 << 10];
+        let value = vec![b'v'; 16 << 10];
+        let rounds = 3 * MAX_TOTAL_WAL_BYTES / (64 << 10);
+        for index in 0..rounds {
+            let mut append = WriteBatch::default();
+            append.put_cf(storage.cf(CF_LOG), index.to_be_bytes(), &entry);
+            storage.write(append).expect("append");
+            let mut apply = WriteBatch::default();
+            apply.put_cf(storage.cf(CF_KV), format!("key{}", index % 1000), &value);
+            storage.write(apply).expect("apply");
+            if index % 64 == 63 {
+                storage.sync_wal().expect("sync");
+            }
+        }
+        storage.sync_wal().expect("sync");
+        let info_log = std::fs::read_to_string(dir.path().join("LOG")).expect("RocksDB's LOG");
+        assert!(
+            info_log.contains("from recycle list"),
+            "no WAL file was reused in {} MiB of writes after open",
+            rounds * 64 / 1024
+        );
     }
 
     #[test]
