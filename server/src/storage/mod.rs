@@ -437,24 +437,21 @@ mod tests {
     #[test]
     fn obsolete_files_are_deleted_off_the_write_path() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let storage = Storage::open(dir.path()).expect("open");
-        let mut options = None;
-        for entry in std::fs::read_dir(dir.path()).expect("list the store") {
-            let path = entry.expect("directory entry").path();
-            let is_options = path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("OPTIONS-"));
-            if is_options {
-                options = Some(std::fs::read_to_string(&path).expect("read OPTIONS"));
-            }
-        }
-        let options = options.expect("RocksDB wrote no OPTIONS file");
+        let _storage = Storage::open(dir.path()).expect("open");
+        let options_file = std::fs::read_dir(dir.path())
+            .expect("list the store")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("OPTIONS-"))
+            })
+            .expect("RocksDB wrote no OPTIONS file");
+        let options = std::fs::read_to_string(options_file).expect("read OPTIONS");
         assert!(
             options.contains("avoid_unnecessary_blocking_io=true"),
             "RocksDB runs with obsolete files deleted by the thread that frees them"
         );
-        drop(storage);
     }
 
     #[test]
