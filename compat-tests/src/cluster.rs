@@ -341,6 +341,16 @@ impl Cluster {
         }
     }
 
+    /// Cuts the links between member `i` and `others` at `i`'s end only (keelson's fault hook):
+    /// `i` refuses their peer messages and sends them none, while they still try.
+    pub async fn cut_links_at(&self, i: usize, others: &[usize]) {
+        let mut ids = Vec::new();
+        for j in others {
+            ids.push(format!("{:x}", self.member_id(*j).await));
+        }
+        set_blocked(&self.members[i], &ids.join(",")).await;
+    }
+
     /// Restores every link cut by [`Cluster::partition`].
     pub async fn heal(&self) {
         for member in &self.members {

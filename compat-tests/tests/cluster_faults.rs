@@ -934,3 +934,123 @@ async fn require_leader_watches_fail_without_a_leader() {
     };
     assert!(message.contains("etcdserver: no leader"), "{message}");
 }
+
+/// How long a test watches for a write that must not reach a member: replication that ignored a
+/// cut link would deliver it within milliseconds.
+const ABSENCE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Waits until member `i` serves `key` at `revision` (a serializable read: its own state).
+async fn wait_until_member_has(cluster: &Cluster, i: usize, key: &str, revision: i64) {
+    let mut client = cluster.member_client(i).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let read = client
+            .get(key, Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable get");
+        if read
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.mod_revision() == revision)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member {i} did not get {key}@{revision} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts that member `i` does not get `key` for `ABSENCE_WINDOW`.
+async fn assert_stays_without(cluster: &Cluster, i: usize, key: &str, why: &str) {
+    let mut client = cluster.member_client(i).await;
+    let until = Instant::now() + ABSENCE_WINDOW;
+    while Instant::now() < until {
+        let read = client
+            .get(key, Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable get");
+        assert!(read.kvs().is_empty(), "member {i} got {key}: {why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_cut_at_either_end_stops_replication_on_an_open_stream() {
+    if ServerKind::from_env() != ServerKind::Keelson {
+        eprintln!("skipped: the cuts use keelson's fault hook");
+        return;
+    }
+    let cluster = Cluster::start_with(with_fault_hook(ServerOptions::from_env()), 3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let mut client = cluster.member_client(leader).await;
+    // The leader replicates to the follower on a stream that is open before any cut.
+    let first = client.put("cut/first", "1", None).await.expect("put");
+    wait_until_member_has(
+        &cluster,
+        follower,
+        "cut/first",
+        header_revision(first.header()),
+    )
+    .await;
+
+    // Each end must stop the stream by itself: the leader stops sending, the follower stops
+    // taking what arrives.
+    for (cut_at, other, end) in [(leader, follower, "leader"), (follower, leader, "follower")] {
+        cluster.cut_links_at(cut_at, &[other]).await;
+        let key = format!("cut/at-the-{end}");
+        let put = client
+            .put(key.as_str(), "x", None)
+            .await
+            .expect("a write committed by the leader and the other follower");
+        assert_stays_without(
+            &cluster,
+            follower,
+            &key,
+            &format!("the link was cut at the {end}'s end before the write"),
+        )
+        .await;
+        cluster.heal().await;
+        wait_until_member_has(&cluster, follower, &key, header_revision(put.header())).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_by_more_than_one_message_catches_up() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    cluster.kill(follower);
+    let mut client = cluster.member_client(leader).await;
+    // 12 MiB of entries: more than one AppendEntries carries (8 MiB), so catching up takes
+    // several requests, the first of them cut short.
+    let mut acked = Vec::new();
+    for n in 0..12 {
+        let key = format!("behind/{n:02}");
+        let value = format!("{n:02}").repeat(512 * 1024);
+        let put = client
+            .put(key.as_str(), value.as_str(), None)
+            .await
+            .expect("a 1 MiB put");
+        acked.push((key, value, header_revision(put.header())));
+    }
+    cluster.restart(follower).await;
+    // One key at a time: the 12 MiB together are more than a client takes in one answer.
+    for (key, value, revision) in &acked {
+        wait_until_member_has(&cluster, follower, key, *revision).await;
+        let read = cluster
+            .member_client(follower)
+            .await
+            .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+            .await
+            .expect("serializable get");
+        assert_eq!(
+            read.kvs().first().map(|kv| kv.value()),
+            Some(value.as_bytes()),
+            "member {follower}: {key}"
+        );
+    }
+}

@@ -4,16 +4,18 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use prost::Message;
@@ -21,6 +23,7 @@ use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use super::append_stream;
 use super::faults::{Outbound, PeerFaults};
 use super::snapshot_transfer;
 use super::wire;
@@ -145,7 +148,11 @@ impl PeerPool {
         request
     }
 
-    fn client(&self, member: u64, urls: &[String]) -> Result<PeerClient<Channel>, PeerCallError> {
+    pub(super) fn client(
+        &self,
+        member: u64,
+        urls: &[String],
+    ) -> Result<PeerClient<Channel>, PeerCallError> {
         if self.faults.outbound(member) == Some(Outbound::Drop) {
             return Err(PeerCallError::NotSent(member));
         }
@@ -156,7 +163,7 @@ impl PeerPool {
 
     /// Turns a failed call into what the caller can do about it, and notices the two answers
     /// that concern this member itself (removed, or of another cluster).
-    fn call_error(&self, member: u64, status: Status) -> PeerCallError {
+    pub(super) fn call_error(&self, member: u64, status: Status) -> PeerCallError {
         METRICS
             .peer_sent_failures
             .with_label_values(&[&format!("{member:x}")])
@@ -226,7 +233,7 @@ impl PeerPool {
         }
     }
 
-    fn count_sent(&self, member: u64, bytes: usize) {
+    pub(super) fn count_sent(&self, member: u64, bytes: usize) {
         METRICS
             .peer_sent_bytes
             .with_label_values(&[&format!("{member:x}")])
@@ -561,10 +568,13 @@ impl PeerNetwork {
 }
 
 pub struct RaftPeer {
-    pool: Arc<PeerPool>,
-    target: NodeId,
-    urls: Vec<String>,
-    label: String,
+    pub(super) pool: Arc<PeerPool>,
+    pub(super) target: NodeId,
+    pub(super) urls: Vec<String>,
+    pub(super) label: String,
+    /// The peer answered `StreamAppend` with Unimplemented (an older keelson): replicate to it
+    /// with unary AppendEntries calls.
+    pub(super) stream_unsupported: AtomicBool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -576,6 +586,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             urls: node.peer_urls.clone(),
             label: format!("{target:x}"),
+            stream_unsupported: AtomicBool::new(false),
         }
     }
 }
@@ -585,7 +596,7 @@ impl RaftPeer {
         Unreachable::new(&AnyError::error(format!("peer {}: {why}", self.label)))
     }
 
-    fn rpc_error(&self, error: PeerCallError) -> RPCError<TypeConfig> {
+    pub(super) fn rpc_error(&self, error: PeerCallError) -> RPCError<TypeConfig> {
         match error {
             PeerCallError::NotSent(_) => RPCError::Unreachable(self.unreachable("unreachable")),
             e @ PeerCallError::Broken(_) => {
@@ -654,7 +665,7 @@ impl RaftPeer {
         })
     }
 
-    fn set_active(&self, active: bool) {
+    pub(super) fn set_active(&self, active: bool) {
         self.pool.record_activity(self.target, active);
         METRICS
             .active_peers
@@ -671,21 +682,8 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        // Cap the bytes of one request; the leader sends the rest next (PartialSuccess).
-        let mut kept = 0;
-        let mut bytes = 0;
-        for entry in &rpc.entries {
-            let size = entry_size(entry);
-            if kept > 0 && bytes + size > APPEND_BYTES_BUDGET {
-                break;
-            }
-            kept += 1;
-            bytes += size;
-        }
-        let truncated = kept < rpc.entries.len();
-        if truncated {
-            rpc.entries.truncate(kept);
-        }
+        // The leader sends the rest next (PartialSuccess).
+        let truncated = cap_entries(&mut rpc);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
         let heartbeat = rpc.entries.is_empty();
         let response: AppendEntriesResponse<TypeConfig> = self
@@ -704,6 +702,26 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             }
             other => other,
         })
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: futures::Stream<Item = AppendEntriesRequest<TypeConfig>>
+            + OptionalSend
+            + Unpin
+            + 'static,
+    {
+        append_stream::open(self, input, option)
     }
 
     async fn vote(
@@ -776,6 +794,26 @@ impl RaftNetworkV2<TypeConfig> for RaftPeer {
             }
         }
     }
+}
+
+/// Caps the bytes of one AppendEntries at `APPEND_BYTES_BUDGET` (keeping at least one entry);
+/// true when entries were left out.
+pub(super) fn cap_entries(rpc: &mut AppendEntriesRequest<TypeConfig>) -> bool {
+    let mut kept = 0;
+    let mut bytes = 0;
+    for entry in &rpc.entries {
+        let size = entry_size(entry);
+        if kept > 0 && bytes + size > APPEND_BYTES_BUDGET {
+            break;
+        }
+        kept += 1;
+        bytes += size;
+    }
+    let capped = kept < rpc.entries.len();
+    if capped {
+        rpc.entries.truncate(kept);
+    }
+    capped
 }
 
 /// Bytes an entry takes on the wire, roughly (its payload dominates).

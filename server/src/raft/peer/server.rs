@@ -1,17 +1,21 @@
 //! The server side of the peer protocol, on --listen-peer-urls: openraft's RPCs, what the
 //! leader does for its followers, and etcd's peer HTTP endpoints (`/members`, `/version`).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, TransferLeaderRequest,
+    VoteRequest,
 };
 use openraft::Snapshot;
+use tonic::codegen::BoxStream;
 use tonic::server::NamedService;
 use tonic::{Request, Status, Streaming};
 
@@ -125,11 +129,6 @@ impl PeerService {
         };
         let from = header(FROM_HEADER).unwrap_or(0);
         let cluster = &self.node.cluster;
-        if cluster.faults.is_blocked(from) {
-            return Err(Status::unavailable(
-                "the link to this member is cut (fault injection)",
-            ));
-        }
         if let Some(got) = header(CLUSTER_ID_HEADER) {
             if got != cluster.cluster_id {
                 tracing::error!(
@@ -143,24 +142,8 @@ impl PeerService {
                 )));
             }
         }
-        if cluster.is_removed(from) {
-            return Err(Status::failed_precondition(REMOVED_MESSAGE));
-        }
+        still_admitted(&self.node, from)?;
         Ok(from)
-    }
-
-    fn count_received(&self, from: u64, bytes: usize) {
-        METRICS
-            .peer_received_bytes
-            .with_label_values(&[&hex(from)])
-            .inc_by(bytes as u64);
-    }
-
-    fn count_sent(&self, to: u64, bytes: usize) {
-        METRICS
-            .peer_sent_bytes
-            .with_label_values(&[&hex(to)])
-            .inc_by(bytes as u64);
     }
 
     fn answer<T: serde::Serialize>(
@@ -169,9 +152,76 @@ impl PeerService {
         answer: &T,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
         let message = wire::encode(answer)?;
-        self.count_sent(to, message.payload.len());
+        count_sent(to, message.payload.len());
         Ok(tonic::Response::new(message))
     }
+}
+
+fn link_cut() -> Status {
+    Status::unavailable("the link to this member is cut (fault injection)")
+}
+
+/// The checks of `admit` that can change while a stream is open, made again on each of its
+/// messages: the link cut (fault injection) or the sender removed since.
+fn still_admitted(node: &RaftNode, from: u64) -> Result<(), Status> {
+    if node.cluster.faults.is_blocked(from) {
+        return Err(link_cut());
+    }
+    if node.cluster.is_removed(from) {
+        return Err(Status::failed_precondition(REMOVED_MESSAGE));
+    }
+    Ok(())
+}
+
+/// The leader each AppendEntries on a stream came from (when its vote is committed), oldest
+/// first, until its answer goes out.
+type Senders = Arc<Mutex<VecDeque<Option<u64>>>>;
+
+/// A stream's AppendEntries requests, decoded, until the leader ends the stream or a message
+/// is refused; the refusal is kept for the answer stream to end with.
+fn stream_requests(
+    node: Arc<RaftNode>,
+    from: u64,
+    messages: Streaming<RaftMessage>,
+    senders: Senders,
+    refusal: Arc<Mutex<Option<Status>>>,
+) -> impl futures::Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + 'static {
+    futures::stream::unfold(messages, move |mut messages| {
+        let (node, senders, refusal) = (node.clone(), senders.clone(), refusal.clone());
+        async move {
+            let message = messages.message().await.ok()??;
+            let admitted = still_admitted(&node, from)
+                .and_then(|()| wire::decode::<AppendEntriesRequest<TypeConfig>>(&message));
+            let rpc = match admitted {
+                Ok(rpc) => rpc,
+                Err(status) => {
+                    if let Ok(mut refusal) = refusal.lock() {
+                        *refusal = Some(status);
+                    }
+                    return None;
+                }
+            };
+            count_received(from, message.payload.len());
+            if let Ok(mut senders) = senders.lock() {
+                senders.push_back(rpc.vote.committed.then_some(rpc.vote.leader_id.voted_for));
+            }
+            Some((rpc, messages))
+        }
+    })
+}
+
+fn count_received(from: u64, bytes: usize) {
+    METRICS
+        .peer_received_bytes
+        .with_label_values(&[&hex(from)])
+        .inc_by(bytes as u64);
+}
+
+fn count_sent(to: u64, bytes: usize) {
+    METRICS
+        .peer_sent_bytes
+        .with_label_values(&[&hex(to)])
+        .inc_by(bytes as u64);
 }
 
 fn fatal(e: impl std::fmt::Display) -> Status {
@@ -185,7 +235,7 @@ impl Peer for PeerService {
         request: Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
         let from = self.admit(&request)?;
-        self.count_received(from, request.get_ref().payload.len());
+        count_received(from, request.get_ref().payload.len());
         let rpc: AppendEntriesRequest<TypeConfig> = wire::decode(request.get_ref())?;
         let leader = rpc.vote.leader_id.voted_for;
         let committed_leader = rpc.vote.committed;
@@ -196,12 +246,51 @@ impl Peer for PeerService {
         self.answer(from, &response)
     }
 
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<tonic::Response<BoxStream<RaftMessage>>, Status> {
+        let from = self.admit(&request)?;
+        let senders = Senders::default();
+        let refusal = Arc::new(Mutex::new(None));
+        let requests = stream_requests(
+            self.node.clone(),
+            from,
+            request.into_inner(),
+            senders.clone(),
+            refusal.clone(),
+        );
+        let node = self.node.clone();
+        let answers = self.node.raft.stream_append(requests).map(move |answer| {
+            let answer = answer.map_err(fatal)?;
+            let sender = senders
+                .lock()
+                .ok()
+                .and_then(|mut s| s.pop_front())
+                .flatten();
+            if let Some(leader) = sender {
+                if !matches!(answer, Err(StreamAppendError::HigherVote(_))) {
+                    node.cluster.heard_from_leader(leader);
+                }
+            }
+            let message = wire::encode(&answer)?;
+            count_sent(from, message.payload.len());
+            Ok(message)
+        });
+        // After the answers to what was admitted, the refusal that ended the requests.
+        let refused = futures::stream::once(async move {
+            refusal.lock().ok().and_then(|mut r| r.take()).map(Err)
+        })
+        .filter_map(std::future::ready);
+        Ok(tonic::Response::new(Box::pin(answers.chain(refused))))
+    }
+
     async fn vote(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
         let from = self.admit(&request)?;
-        self.count_received(from, request.get_ref().payload.len());
+        count_received(from, request.get_ref().payload.len());
         let rpc: VoteRequest<TypeConfig> = wire::decode(request.get_ref())?;
         let response = self.node.raft.vote(rpc).await.map_err(fatal)?;
         self.answer(from, &response)
@@ -212,7 +301,7 @@ impl Peer for PeerService {
         request: Request<RaftMessage>,
     ) -> Result<tonic::Response<RaftMessage>, Status> {
         let from = self.admit(&request)?;
-        self.count_received(from, request.get_ref().payload.len());
+        count_received(from, request.get_ref().payload.len());
         let rpc: VoteRequest<TypeConfig> = wire::decode(request.get_ref())?;
         let response = self.node.raft.pre_vote(rpc).await.map_err(fatal)?;
         self.answer(from, &response)
