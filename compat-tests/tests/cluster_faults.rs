@@ -354,25 +354,7 @@ async fn a_partitioned_minority_refuses_writes_and_linearizable_reads_then_conve
     );
 
     cluster.heal().await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let read = minority
-            .get("p/majority", Some(GetOptions::new().with_serializable()))
-            .await
-            .expect("serializable read");
-        if read
-            .kvs()
-            .first()
-            .is_some_and(|kv| kv.mod_revision() == revision)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the healed member did not converge"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_member_has(&cluster, leader, "p/majority", revision).await;
     assert!(
         minority
             .get("p/minority", None)

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
-use openraft::error::{NetworkError, RPCError};
+use openraft::error::RPCError;
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
-use openraft::{AnyError, OptionalSend};
+use openraft::OptionalSend;
 use tonic::{Code, Status};
 
-use super::client::{cap_entries, PeerCallError, PeerPool, RaftPeer};
+use super::client::{cap_entries, PeerPool, RaftPeer};
 use super::wire;
 use crate::error::EtcdError;
 use crate::metrics::METRICS;
@@ -205,22 +205,7 @@ async fn next_answer(
 
 fn received(peer: &RaftPeer, unanswered: &Unanswered, message: &RaftMessage) -> Answer {
     let sent = unanswered.pop().map_or_else(Instant::now, |(sent, _)| sent);
-    peer.set_active(true);
-    METRICS
-        .peer_round_trip_seconds
-        .with_label_values(&[&peer.label])
-        .observe(sent.elapsed().as_secs_f64());
-    METRICS
-        .peer_received_bytes
-        .with_label_values(&[&peer.label])
-        .inc_by(message.payload.len() as u64);
-    wire::decode(message).map_err(|e| {
-        RPCError::Network(NetworkError::new(&AnyError::error(format!(
-            "undecodable answer from peer {}: {}",
-            peer.label,
-            e.message()
-        ))))
-    })
+    peer.answered(sent, message)
 }
 
 /// `heartbeat`: the request that failed carried no entries.
@@ -228,11 +213,5 @@ fn failed(peer: &RaftPeer, heartbeat: bool, status: Status) -> RPCError<TypeConf
     if heartbeat {
         METRICS.heartbeat_send_failures.inc();
     }
-    let error = peer.pool.call_error(peer.target, status);
-    // As etcd's transport: a member stops counting as connected when the connection fails,
-    // not when one call is slow.
-    if matches!(error, PeerCallError::NotSent(_)) {
-        peer.set_active(false);
-    }
-    peer.rpc_error(error)
+    peer.failed_call(status)
 }

@@ -635,34 +635,45 @@ impl RaftPeer {
                 call(client, self.pool.request(message)),
             )
             .await;
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(status) => {
-                let error = self.pool.call_error(self.target, status);
-                // As etcd's transport: a member stops counting as connected when the
-                // connection fails, not when one call is slow.
-                if matches!(error, PeerCallError::NotSent(_)) {
-                    self.set_active(false);
-                }
-                return Err(self.rpc_error(error));
-            }
-        };
+        match answer {
+            Ok(answer) => self.answered(started, &answer),
+            Err(status) => Err(self.failed_call(status)),
+        }
+    }
+
+    /// The peer's answer to a call sent at `sent`: counted, and decoded.
+    pub(super) fn answered<T: serde::de::DeserializeOwned>(
+        &self,
+        sent: Instant,
+        answer: &RaftMessage,
+    ) -> Result<T, RPCError<TypeConfig>> {
         self.set_active(true);
         METRICS
             .peer_round_trip_seconds
             .with_label_values(&[&self.label])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(sent.elapsed().as_secs_f64());
         METRICS
             .peer_received_bytes
             .with_label_values(&[&self.label])
             .inc_by(answer.payload.len() as u64);
-        wire::decode(&answer).map_err(|e| {
+        wire::decode(answer).map_err(|e| {
             RPCError::Network(NetworkError::new(&AnyError::error(format!(
                 "undecodable answer from peer {}: {}",
                 self.label,
                 e.message()
             ))))
         })
+    }
+
+    /// A call to the peer that failed with `status`, as openraft's error.
+    pub(super) fn failed_call(&self, status: Status) -> RPCError<TypeConfig> {
+        let error = self.pool.call_error(self.target, status);
+        // As etcd's transport: a member stops counting as connected when the connection
+        // fails, not when one call is slow.
+        if matches!(error, PeerCallError::NotSent(_)) {
+            self.set_active(false);
+        }
+        self.rpc_error(error)
     }
 
     pub(super) fn set_active(&self, active: bool) {
