@@ -77,6 +77,9 @@ where
         let heartbeat = first.entries.is_empty();
         let input = futures::stream::iter([first]).chain(input);
         let mut client = peer.pool.client(peer.target, &peer.urls).map_err(|e| {
+            if heartbeat {
+                METRICS.heartbeat_send_failures.inc();
+            }
             peer.set_active(false);
             peer.rpc_error(e)
         })?;
