@@ -76,13 +76,10 @@ where
         };
         let heartbeat = first.entries.is_empty();
         let input = futures::stream::iter([first]).chain(input);
-        let mut client = peer.pool.client(peer.target, &peer.urls).map_err(|e| {
-            if heartbeat {
-                METRICS.heartbeat_send_failures.inc();
-            }
-            peer.set_active(false);
-            peer.rpc_error(e)
-        })?;
+        let mut client = peer
+            .pool
+            .client(peer.target, &peer.urls)
+            .map_err(|e| failed(heartbeat, peer.no_channel(e)))?;
         let unanswered = Arc::new(Unanswered::default());
         let requests = outgoing(input, peer.pool.clone(), peer.target, unanswered.clone());
         let ttl = option.soft_ttl();
@@ -95,14 +92,11 @@ where
                 if status.code() == Code::Unimplemented {
                     peer.stream_unsupported.store(true, Ordering::Relaxed);
                 }
-                return Err(failed(peer, heartbeat, status));
+                return Err(failed(heartbeat, peer.failed_call(status)));
             }
             Err(_) => {
-                return Err(failed(
-                    peer,
-                    heartbeat,
-                    Status::deadline_exceeded(EtcdError::Timeout.to_string()),
-                ))
+                let timeout = Status::deadline_exceeded(EtcdError::Timeout.to_string());
+                return Err(failed(heartbeat, peer.failed_call(timeout)));
             }
         };
         Ok(incoming(peer, answers, unanswered, ttl))
@@ -172,7 +166,7 @@ fn incoming<'s>(
                     let heartbeat = unanswered
                         .oldest()
                         .is_some_and(|(_, without_entries)| without_entries);
-                    Some((Err(failed(peer, heartbeat, status)), None))
+                    Some((Err(failed(heartbeat, peer.failed_call(status))), None))
                 }
             }
         }
@@ -211,10 +205,11 @@ fn received(peer: &RaftPeer, unanswered: &Unanswered, message: &RaftMessage) -> 
     peer.answered(sent, message)
 }
 
-/// `heartbeat`: the request that failed carried no entries.
-fn failed(peer: &RaftPeer, heartbeat: bool, status: Status) -> RPCError<TypeConfig> {
+/// Counts a failed heartbeat (`heartbeat`: the request that failed carried no entries), as the
+/// unary path does, and passes `error` on.
+fn failed(heartbeat: bool, error: RPCError<TypeConfig>) -> RPCError<TypeConfig> {
     if heartbeat {
         METRICS.heartbeat_send_failures.inc();
     }
-    peer.failed_call(status)
+    error
 }

@@ -621,10 +621,10 @@ impl RaftPeer {
     {
         let message = wire::encode(request)
             .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e.message()))))?;
-        let client = self.pool.client(self.target, &self.urls).map_err(|e| {
-            self.set_active(false);
-            self.rpc_error(e)
-        })?;
+        let client = self
+            .pool
+            .client(self.target, &self.urls)
+            .map_err(|e| self.no_channel(e))?;
         self.pool.count_sent(self.target, message.payload.len());
         let started = Instant::now();
         let answer = self
@@ -663,6 +663,12 @@ impl RaftPeer {
                 e.message()
             ))))
         })
+    }
+
+    /// No channel to the peer could be had (`PeerPool::client` failed), as openraft's error.
+    pub(super) fn no_channel(&self, error: PeerCallError) -> RPCError<TypeConfig> {
+        self.set_active(false);
+        self.rpc_error(error)
     }
 
     /// A call to the peer that failed with `status`, as openraft's error.
