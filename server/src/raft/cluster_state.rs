@@ -2,16 +2,59 @@
 //! removed (their IDs are never reused, and they are told so), when this member last heard from
 //! its leader, and the fatal conditions that must stop the member.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::peer::faults::PeerFaults;
 use std::sync::Arc;
 
 const REMOVED_NOW: &str = "the member has been permanently removed from the cluster";
+
+/// Requests waiting for an index to be applied, each woken once, when it is: a watch channel
+/// woke every waiter at every applied batch, whether its entry was in it or not.
+#[derive(Default)]
+struct AppliedWaiters {
+    by_index: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+    count: usize,
+}
+
+/// Waiters beyond which those whose requests gave up (a member that stopped applying while its
+/// clients timed out) are dropped.
+const APPLIED_WAITERS_PRUNED_AT: usize = 4096;
+
+impl AppliedWaiters {
+    fn add(&mut self, index: u64) -> oneshot::Receiver<()> {
+        if self.count >= APPLIED_WAITERS_PRUNED_AT {
+            self.by_index.retain(|_, waiting| {
+                waiting.retain(|w| !w.is_closed());
+                !waiting.is_empty()
+            });
+            self.count = self.by_index.values().map(Vec::len).sum();
+        }
+        let (notice, noticed) = oneshot::channel();
+        self.by_index.entry(index).or_default().push(notice);
+        self.count += 1;
+        noticed
+    }
+
+    /// Removes and returns the waiters of every index up to `applied`.
+    fn take_through(&mut self, applied: u64) -> Vec<oneshot::Sender<()>> {
+        let later = match applied.checked_add(1) {
+            Some(next) => self.by_index.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let ready: Vec<_> = std::mem::replace(&mut self.by_index, later)
+            .into_values()
+            .flatten()
+            .collect();
+        self.count -= ready.len();
+        ready
+    }
+}
 
 pub struct ClusterState {
     pub member_id: u64,
@@ -24,8 +67,10 @@ pub struct ClusterState {
     /// A delayed stop is already on its way.
     stop_scheduled: std::sync::atomic::AtomicBool,
     fatal: watch::Sender<Option<String>>,
-    /// The last applied log index, for requests waiting to see their entry applied here.
-    applied: watch::Sender<u64>,
+    /// The last applied log index.
+    applied: AtomicU64,
+    /// Requests waiting to see an entry applied here, by its index.
+    applied_waiters: Mutex<AppliedWaiters>,
     pub faults: Arc<PeerFaults>,
 }
 
@@ -39,7 +84,8 @@ impl ClusterState {
             ever_had_leader: std::sync::atomic::AtomicBool::new(false),
             stop_scheduled: std::sync::atomic::AtomicBool::new(false),
             fatal: watch::channel(None).0,
-            applied: watch::channel(0).0,
+            applied: AtomicU64::new(0),
+            applied_waiters: Mutex::default(),
             faults,
         }
     }
@@ -84,23 +130,36 @@ impl ClusterState {
     }
 
     pub fn set_applied(&self, index: u64) {
-        self.applied.send_if_modified(|current| {
-            if index > *current {
-                *current = index;
-                true
-            } else {
-                false
-            }
-        });
+        if self.applied.fetch_max(index, Ordering::SeqCst) >= index {
+            return;
+        }
+        // Taken after the store: a waiter that registers meanwhile either sees the new index or
+        // is registered before this takes the lock.
+        let ready = match self.applied_waiters.lock() {
+            Ok(mut waiters) => waiters.take_through(index),
+            Err(_) => return,
+        };
+        for waiter in ready {
+            let _ = waiter.send(());
+        }
     }
 
     /// The last applied log index now.
     pub fn applied(&self) -> u64 {
-        *self.applied.borrow()
+        self.applied.load(Ordering::SeqCst)
     }
 
-    pub fn applied_receiver(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
+    /// `None` when the entry at `index` is applied here already; otherwise what is sent to once
+    /// it is (dropped if the member stops first).
+    pub fn applied_notice(&self, index: u64) -> Option<oneshot::Receiver<()>> {
+        if self.applied() >= index {
+            return None;
+        }
+        let mut waiters = self.applied_waiters.lock().ok()?;
+        if self.applied() >= index {
+            return None;
+        }
+        Some(waiters.add(index))
     }
 
     /// Stops the member with `reason` (the first reason wins).
@@ -141,5 +200,69 @@ impl ClusterState {
 
     pub fn fatal_receiver(&self) -> watch::Receiver<Option<String>> {
         self.fatal.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ClusterState {
+        ClusterState::new(1, 1, Arc::default())
+    }
+
+    #[test]
+    fn a_waiter_is_told_once_its_index_is_applied_and_not_before() {
+        let cluster = state();
+        cluster.set_applied(5);
+        assert!(
+            cluster.applied_notice(5).is_none(),
+            "an applied index needs no wait"
+        );
+
+        let mut seven = cluster.applied_notice(7).expect("7 is not applied yet");
+        let mut nine = cluster.applied_notice(9).expect("9 is not applied yet");
+        cluster.set_applied(6);
+        assert!(seven.try_recv().is_err(), "6 does not reach 7");
+        cluster.set_applied(8);
+        assert!(seven.try_recv().is_ok(), "8 reaches 7");
+        assert!(nine.try_recv().is_err(), "8 does not reach 9");
+        cluster.set_applied(4);
+        assert_eq!(cluster.applied(), 8, "the applied index never goes back");
+        cluster.set_applied(100);
+        assert!(nine.try_recv().is_ok());
+        assert_eq!(
+            cluster.applied_waiters.lock().map(|w| w.count).ok(),
+            Some(0),
+            "every told waiter is gone"
+        );
+    }
+
+    #[test]
+    fn waiters_whose_requests_gave_up_are_dropped_while_nothing_is_applied() {
+        let cluster = state();
+        for _ in 0..APPLIED_WAITERS_PRUNED_AT * 3 {
+            drop(cluster.applied_notice(10));
+        }
+        let kept = cluster.applied_notice(10).expect("10 is not applied");
+        let count = cluster.applied_waiters.lock().map(|w| w.count).ok();
+        assert!(
+            count.is_some_and(|c| c <= APPLIED_WAITERS_PRUNED_AT),
+            "abandoned waiters pile up: {count:?}"
+        );
+        cluster.set_applied(10);
+        let mut kept = kept;
+        assert!(kept.try_recv().is_ok(), "the live waiter is still told");
+    }
+
+    #[test]
+    fn a_member_that_stops_tells_its_waiters() {
+        let cluster = state();
+        let mut waiting = cluster.applied_notice(3).expect("3 is not applied");
+        drop(cluster);
+        assert!(matches!(
+            waiting.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 }

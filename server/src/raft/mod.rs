@@ -532,13 +532,10 @@ impl RaftNode {
 
     /// Waits until this member applied the entry at `index`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> EtcdResult<()> {
-        let mut applied = self.cluster.applied_receiver();
-        let waited = tokio::time::timeout(
-            Self::remaining(deadline),
-            applied.wait_for(|applied| *applied >= index),
-        )
-        .await;
-        match waited {
+        let Some(notice) = self.cluster.applied_notice(index) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(Self::remaining(deadline), notice).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(EtcdError::Stopped),
             Err(_) => Err(EtcdError::Timeout),
