@@ -530,6 +530,43 @@ impl RaftNode {
         }
     }
 
+    /// The leader's side of a follower's batch of proposals: each one's result and the index it
+    /// was applied at, in order. Handed to openraft as one batch (one message to its core, one
+    /// responder each) rather than one write call per proposal.
+    pub async fn propose_many_for_follower(
+        &self,
+        requests: &[RaftRequest],
+    ) -> Vec<EtcdResult<(RaftResponse, u64)>> {
+        let every = |e: EtcdError| requests.iter().map(|_| Err(e.clone())).collect();
+        if !self.status().is_leader {
+            return every(EtcdError::NotLeader);
+        }
+        let writes = async {
+            let mut results = Vec::with_capacity(requests.len());
+            let mut answers = self
+                .raft
+                .client_write_many(requests.iter().map(Proposal::encode))
+                .await?;
+            while let Some(answer) = futures::StreamExt::next(&mut answers).await {
+                results.push(match answer? {
+                    Ok(written) => Ok((written.response.0, written.log_id.index)),
+                    Err(ClientWriteError::ForwardToLeader(_)) => Err(EtcdError::NotLeader),
+                    Err(e) => Err(write_error(RaftError::APIError(e))),
+                });
+            }
+            Ok::<_, openraft::error::Fatal<TypeConfig>>(results)
+        };
+        match tokio::time::timeout(self.settings.request_timeout, writes).await {
+            Err(_) => every(EtcdError::Timeout),
+            Ok(Err(_)) => every(EtcdError::Stopped),
+            Ok(Ok(mut results)) => {
+                // A core that stopped midway ends the answers early.
+                results.resize_with(requests.len(), || Err(EtcdError::Stopped));
+                results
+            }
+        }
+    }
+
     /// Waits until this member applied the entry at `index`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> EtcdResult<()> {
         let Some(notice) = self.cluster.applied_notice(index) else {

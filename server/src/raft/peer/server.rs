@@ -403,12 +403,9 @@ impl Peer for PeerService {
         self.admit(&request)?;
         // Proposed together, so openraft appends them as one run of entries; each answered as
         // its own Propose would have been.
-        let proposals = request
-            .get_ref()
-            .requests
-            .iter()
-            .map(|r| self.node.propose_for_follower(r));
-        let results = futures::future::join_all(proposals)
+        let results = self
+            .node
+            .propose_many_for_follower(&request.get_ref().requests)
             .await
             .into_iter()
             .map(|outcome| match outcome {
