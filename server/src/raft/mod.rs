@@ -537,12 +537,11 @@ impl RaftNode {
         &self,
         requests: &[RaftRequest],
     ) -> Vec<EtcdResult<(RaftResponse, u64)>> {
-        let every = |e: EtcdError| requests.iter().map(|_| Err(e.clone())).collect();
         if !self.status().is_leader {
-            return every(EtcdError::NotLeader);
+            return requests.iter().map(|_| Err(EtcdError::NotLeader)).collect();
         }
+        let mut results = Vec::with_capacity(requests.len());
         let writes = async {
-            let mut results = Vec::with_capacity(requests.len());
             let mut answers = self
                 .raft
                 .client_write_many(requests.iter().map(Proposal::encode))
@@ -554,17 +553,16 @@ impl RaftNode {
                     Err(e) => Err(write_error(RaftError::APIError(e))),
                 });
             }
-            Ok::<_, openraft::error::Fatal<TypeConfig>>(results)
+            Ok::<_, openraft::error::Fatal<TypeConfig>>(())
         };
-        match tokio::time::timeout(self.settings.request_timeout, writes).await {
-            Err(_) => every(EtcdError::Timeout),
-            Ok(Err(_)) => every(EtcdError::Stopped),
-            Ok(Ok(mut results)) => {
-                // A core that stopped midway ends the answers early.
-                results.resize_with(requests.len(), || Err(EtcdError::Stopped));
-                results
-            }
-        }
+        // The proposals answered by then keep their answers; the rest timed out, or the core
+        // stopped before it answered them.
+        let unanswered = match tokio::time::timeout(self.settings.request_timeout, writes).await {
+            Err(_) => EtcdError::Timeout,
+            Ok(_) => EtcdError::Stopped,
+        };
+        results.resize_with(requests.len(), || Err(unanswered.clone()));
+        results
     }
 
     /// Waits until this member applied the entry at `index`.
