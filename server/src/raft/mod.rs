@@ -516,18 +516,10 @@ impl RaftNode {
 
     /// The leader's side of a forwarded proposal: the result and the index it was applied at.
     async fn propose_for_follower(&self, request: &RaftRequest) -> EtcdResult<(RaftResponse, u64)> {
-        if !self.status().is_leader {
-            return Err(EtcdError::NotLeader);
-        }
-        let write = self.raft.client_write(Proposal::encode(request));
-        match tokio::time::timeout(self.settings.request_timeout, write).await {
-            Err(_) => Err(EtcdError::Timeout),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(EtcdError::NotLeader)
-            }
-            Ok(Err(e)) => Err(write_error(e)),
-            Ok(Ok(response)) => Ok((response.data.0, response.log_id.index)),
-        }
+        self.propose_many_for_follower(std::slice::from_ref(request))
+            .await
+            .pop()
+            .unwrap_or(Err(EtcdError::Stopped))
     }
 
     /// The leader's side of a follower's batch of proposals: each one's result and the index it
@@ -565,7 +557,8 @@ impl RaftNode {
         results
     }
 
-    /// Waits until this member applied the entry at `index`.
+    /// Waits until this member applied the entry at `index`; one already applied (nearly always,
+    /// for the requests with a simple token that ask) costs no timer and no registration.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> EtcdResult<()> {
         let Some(notice) = self.cluster.applied_notice(index) else {
             return Ok(());
@@ -579,11 +572,6 @@ impl RaftNode {
 
     /// Waits (at most a request timeout) until this member applied the entry at `index`.
     pub async fn wait_for_applied(&self, index: u64) -> EtcdResult<()> {
-        // Nearly always applied already: no timer, no subscription on that path (every request
-        // with a simple token asks).
-        if self.cluster.applied() >= index {
-            return Ok(());
-        }
         self.wait_applied(index, Instant::now() + self.settings.request_timeout)
             .await
     }
